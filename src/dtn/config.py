@@ -1,0 +1,257 @@
+"""Typed configuration: dataclasses, presets, `--set section.key=value` overrides, TOML round trip.
+
+A Config has six sections. Presets are plain functions returning a Config; `PRESETS` maps their names.
+Every option that deviates from the paper is off by default and says so in its comment.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Callable, get_type_hints
+
+from .errors import ConfigError
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+from .losses import CONST_DISTANCES
+from .nets import NetConfig
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "synth-digits"      # registry name or folder; labeled (labels train f only)
+    target: str = "mnist"             # registry name or folder; labels used only by evaluation
+    data_dir: str = ""                # "" -> $DTN_DATA_DIR, then the user cache dir
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    alpha: float = 15.0               # weight of L_CONST
+    beta: float = 15.0                # weight of L_TID
+    gamma: float = 0.0                # weight of L_TV
+    tv_power: float = 1.0             # B in L_TV
+    const_distance: str = "mse"       # mse | cosine | mse+cosine | ce (ce uses source labels!)
+    code_scale: str = "none"          # none | rms: divide codes by f's RMS code on source train
+    gan: bool = True                  # False: the "no GAN" ablation
+    discriminator: str = "ternary"    # ternary (paper) | binary (deviation)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    optimizer: str = "adam"           # adam | sgd
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    momentum: float = 0.9             # sgd only
+    weight_decay: float = 0.0
+    schedule: str = "constant"        # constant | cosine | linear (decay to 0 over train.steps)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 2000                 # G updates (one "step" = d_steps D updates + g_steps G updates)
+    batch_size: int = 128             # per domain
+    d_steps: int = 1                  # D updates per step
+    g_steps: int = 1                  # G updates per step
+    d_loss_floor: float = 0.0         # skip the D update while the last L_D is below this (0: never skip)
+    warmup_steps: int = 0             # first steps train g with L_CONST + L_TID only (no GAN, no D)
+    f_mode: str = "pretrained"        # pretrained (paper, frozen) | random (frozen, no pretraining)
+                                      # | joint (G without f: f trained with g from scratch)
+    f_trainable: bool = False         # deviation: L_CONST also updates a pretrained f
+    seed: int = 0
+    device: str = "auto"              # auto | cpu | cuda | cuda:N
+    precision: str = "bf16"           # bf16 (autocast) | fp32
+    channels_last: bool = True
+    threads: int = 0                  # torch threads; 0 = all cores
+    log_every: int = 50
+    eval_every: int = 250             # transfer accuracy / FLD on a test subset; 0 = only at the end
+    eval_samples: int = 2000
+    ckpt_every: int = 500
+    keep_last: int = 3
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    f_steps: int = 1500               # classifier steps for f on the labeled source
+    f_lr: float = 1e-3
+    f_batch: int = 128
+    f_augment: bool = True            # random grey / inversion / shifts: a domain-robust f
+    eval_epochs: int = 4              # epochs of the evaluation classifier on target train
+    eval_lr: float = 2e-3
+    eval_batch: int = 128
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = "digits"
+    data: DataConfig = field(default_factory=DataConfig)
+    nets: NetConfig = field(default_factory=NetConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+
+    def validate(self) -> "Config":
+        checks = [
+            (self.loss.const_distance in CONST_DISTANCES, f"loss.const_distance must be one of {CONST_DISTANCES}"),
+            (self.loss.code_scale in ("none", "rms"), "loss.code_scale must be none or rms"),
+            (self.loss.discriminator in ("ternary", "binary"), "loss.discriminator must be ternary or binary"),
+            (self.optim.optimizer in ("adam", "sgd"), "optim.optimizer must be adam or sgd"),
+            (self.optim.schedule in ("constant", "cosine", "linear"), "optim.schedule must be constant, cosine or linear"),
+            (self.train.f_mode in ("pretrained", "random", "joint"), "train.f_mode must be pretrained, random or joint"),
+            (self.train.precision in ("bf16", "fp32"), "train.precision must be bf16 or fp32"),
+            (self.train.steps >= 0 and self.train.batch_size > 0, "train.steps >= 0 and train.batch_size > 0"),
+            (self.train.d_steps >= 0 and self.train.g_steps >= 1, "train.d_steps >= 0 and train.g_steps >= 1"),
+            (self.nets.d_classes == (3 if self.loss.discriminator == "ternary" else 2),
+             "nets.d_classes must be 3 for a ternary D and 2 for a binary D"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        return self
+
+
+# ----------------------------------------------------------------------------- presets
+
+def digits() -> Config:
+    """Default digits preset: synth-digits -> MNIST, tuned to train on a 2-core CPU in minutes."""
+    return Config(
+        name="digits",
+        loss=LossConfig(alpha=15.0, beta=15.0, code_scale="rms"),
+        optim=OptimConfig(lr_g=3e-4, lr_d=2e-4),
+        train=TrainConfig(steps=1500, warmup_steps=200, g_steps=2),
+    )
+
+
+def digits_paper() -> Config:
+    """The paper's digits settings, literally: alpha = beta = 15, 1:1 D:G, raw codes, long schedule."""
+    return Config(name="digits-paper", train=TrainConfig(steps=20000, eval_every=1000, ckpt_every=2000))
+
+
+def tiny() -> Config:
+    """Seconds-long smoke runs for tests: small nets, a few steps."""
+    return Config(
+        name="tiny",
+        nets=NetConfig(f_width=8, g_width=32, d_width=8, code_dim=16),
+        loss=LossConfig(code_scale="rms"),
+        train=TrainConfig(steps=4, batch_size=8, warmup_steps=1, log_every=1, eval_every=2, eval_samples=32,
+                          ckpt_every=2, precision="fp32"),
+        pretrain=PretrainConfig(f_steps=3, f_batch=8, eval_epochs=1, eval_batch=16),
+    )
+
+
+PRESETS: dict[str, Callable[[], Config]] = {"digits": digits, "digits-paper": digits_paper, "tiny": tiny}
+
+
+def preset(name: str) -> Config:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
+    return PRESETS[name]()
+
+
+# ----------------------------------------------------------------------------- overrides
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    if isinstance(value, str) and typ is not str:
+        text = value.strip()
+        if typ is bool:
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        try:
+            return typ(text)
+        except ValueError:
+            raise ConfigError(f"{key}: expected {typ.__name__}, got {value!r}") from None
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+        raise ConfigError(f"{key}: expected {typ.__name__}, got {value!r}")
+    return value
+
+
+def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
+    """Apply {"section.key": value} (values may be strings from the command line)."""
+    sections = {f.name: f for f in fields(Config)}
+    updates: dict[str, dict[str, Any]] = {}
+    top: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if "." not in key:
+            if key != "name":
+                raise ConfigError(f"unknown config key {key!r}; use section.key with sections: "
+                                  f"{', '.join(s for s in sections if s != 'name')}")
+            top["name"] = _coerce(value, str, key)
+            continue
+        section, sub = key.split(".", 1)
+        if section not in sections or section == "name":
+            raise ConfigError(f"unknown config section {section!r}; valid: "
+                              f"{', '.join(s for s in sections if s != 'name')}")
+        sect_cls = type(getattr(cfg, section))
+        hints = get_type_hints(sect_cls)
+        if sub not in hints:
+            raise ConfigError(f"unknown config key {key!r}; valid keys in [{section}]: {', '.join(hints)}")
+        updates.setdefault(section, {})[sub] = _coerce(value, hints[sub], key)
+    new = replace(cfg, **top, **{s: replace(getattr(cfg, s), **kv) for s, kv in updates.items()})
+    return new.validate()
+
+
+def parse_set_args(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set expects section.key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip()] = value
+    return out
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(d: dict[str, Any], base: Config | None = None) -> Config:
+    """Build a Config from nested sections (as written by to_toml); unknown keys are errors."""
+    flat: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            for sub, v in value.items():
+                flat[f"{key}.{sub}"] = v
+        else:
+            flat[key] = value
+    return apply_overrides(base or Config(), flat)
+
+
+def to_toml(cfg: Config) -> str:
+    lines = [f"name = {json.dumps(cfg.name)}"]
+    for section, values in to_dict(cfg).items():
+        if not isinstance(values, dict):
+            continue
+        lines.append(f"\n[{section}]")
+        for k, v in values.items():
+            lines.append(f"{k} = {json.dumps(v) if not isinstance(v, bool) else str(v).lower()}")
+    return "\n".join(lines) + "\n"
+
+
+def load_toml(path: Path, base: Config | None = None) -> Config:
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc})") from None
+    return from_dict(data, base)
+
+
+def diff_from_default(cfg: Config) -> dict[str, tuple[Any, Any]]:
+    """{"section.key": (value, default)} for every value that differs from Config()'s."""
+    default, out = to_dict(Config()), {}
+    for section, values in to_dict(cfg).items():
+        if isinstance(values, dict):
+            for k, v in values.items():
+                if default[section][k] != v:
+                    out[f"{section}.{k}"] = (v, default[section][k])
+    return out

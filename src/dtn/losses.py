@@ -1,0 +1,76 @@
+"""The DTN losses (DESIGN.md §1), each a small pure function of tensors.
+
+Names follow the paper: L_D (ternary_d_loss), L_GANG (ternary_g_loss), L_CONST (const_loss),
+L_TID (tid_loss), L_TV (tv_loss). Means over the batch replace the paper's sums: the weights
+alpha, beta, gamma absorb the scale.
+
+Ternary D classes (0-based here): 0 = G(x), x in s;  1 = G(x), x in t;  2 = x in t (real).
+Binary D (a deviation, off by default): 0 = fake (any G(x)), 1 = real.
+"""
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+G_OF_SOURCE, G_OF_TARGET, REAL = 0, 1, 2
+CONST_DISTANCES = ("mse", "cosine", "mse+cosine", "ce")
+
+
+def _ce_to(logits: torch.Tensor, cls: int) -> torch.Tensor:
+    target = torch.full((logits.shape[0],), cls, dtype=torch.long, device=logits.device)
+    return F.cross_entropy(logits.float(), target)
+
+
+def ternary_d_loss(d_g_source: torch.Tensor, d_g_target: torch.Tensor, d_real: torch.Tensor) -> torch.Tensor:
+    """L_D = -log D_1(G(s)) - log D_2(G(t)) - log D_3(t). Inputs are D's logits; G(.) must be detached."""
+    return _ce_to(d_g_source, G_OF_SOURCE) + _ce_to(d_g_target, G_OF_TARGET) + _ce_to(d_real, REAL)
+
+
+def ternary_g_loss(d_g_source: torch.Tensor, d_g_target: torch.Tensor) -> torch.Tensor:
+    """L_GANG = -log D_3(G(s)) - log D_3(G(t)): both kinds of generated image should pass as real."""
+    return _ce_to(d_g_source, REAL) + _ce_to(d_g_target, REAL)
+
+
+def binary_d_loss(d_g_source: torch.Tensor, d_g_target: torch.Tensor, d_real: torch.Tensor) -> torch.Tensor:
+    """Fake-vs-real D used by some public ports (2 logits: 0 fake, 1 real)."""
+    return _ce_to(d_g_source, 0) + _ce_to(d_g_target, 0) + _ce_to(d_real, 1)
+
+
+def binary_g_loss(d_g_source: torch.Tensor, d_g_target: torch.Tensor) -> torch.Tensor:
+    return _ce_to(d_g_source, 1) + _ce_to(d_g_target, 1)
+
+
+def const_loss(code_x: torch.Tensor, code_gx: torch.Tensor, distance: str = "mse",
+               scale: float = 1.0) -> torch.Tensor:
+    """L_CONST = d(f(x), f(G(x))) for x in s. `scale` divides both codes first: a classifier-trained
+    f has large codes (mean |f(x)| ~ 5), so an unscaled MSE is not on the pixels' scale."""
+    a, b = code_x.float() / scale, code_gx.float() / scale
+    if distance == "mse":
+        return F.mse_loss(b, a)
+    if distance == "cosine":
+        return (1 - F.cosine_similarity(a, b, dim=1)).mean()
+    if distance == "mse+cosine":
+        return F.mse_loss(b, a) + (1 - F.cosine_similarity(a, b, dim=1)).mean()
+    raise ValueError(f"unknown L_CONST distance {distance!r}; valid: {', '.join(CONST_DISTANCES)}")
+
+
+def const_ce_loss(head_logits_gx: torch.Tensor, source_labels: torch.Tensor) -> torch.Tensor:
+    """The `ce` L_CONST variant: f's classifier head on G(x) against x's label.
+    This uses source labels during DTN training, so results with it are not unsupervised."""
+    return F.cross_entropy(head_logits_gx.float(), source_labels)
+
+
+def tid_loss(t: torch.Tensor, g_t: torch.Tensor) -> torch.Tensor:
+    """L_TID = d2(x, G(x)) for x in t, d2 = MSE: G should leave target-domain images alone."""
+    return F.mse_loss(g_t.float(), t.float())
+
+
+def tv_loss(z: torch.Tensor, power: float = 1.0) -> torch.Tensor:
+    """L_TV(z) = sum_ij ((z_{i,j+1}-z_ij)^2 + (z_{i+1,j}-z_ij)^2)^(B/2), summed per image and
+    averaged over the batch and channels. B = power."""
+    z = z.float()
+    dx = z[..., :-1, 1:] - z[..., :-1, :-1]
+    dy = z[..., 1:, :-1] - z[..., :-1, :-1]
+    sq = dx * dx + dy * dy
+    per_pixel = sq.clamp_min(1e-12).pow(power / 2) if power != 2 else sq
+    return per_pixel.sum(dim=(-2, -1)).mean()

@@ -1,0 +1,75 @@
+"""Metrics registry: name -> function(context) -> dict of numbers.
+
+Each metric lives in its own file and registers itself with `@register_metric("name")`. The keys are
+the CLI choices of `dtn evaluate --metrics` and appear in the error for an unknown name.
+A metric takes an `EvalContext` (the transfer function, the domains and the classifiers it may use).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..domain import Domain
+from ..errors import ConfigError
+
+MetricFn = Callable[["EvalContext"], dict]
+_METRICS: dict[str, MetricFn] = {}
+
+
+@dataclass
+class EvalContext:
+    """What a metric may look at. `transfer` maps float source images [-1, 1] to target images [-1, 1]."""
+
+    transfer: Callable[[torch.Tensor], torch.Tensor]
+    source_test: Domain
+    target_test: Domain | None = None
+    classifier: nn.Module | None = None        # evaluation classifier on the target domain (uses target labels)
+    f: nn.Module | None = None                 # the DTN's f, with its pretraining head
+    batch_size: int = 500
+    cache: dict = field(default_factory=dict)  # shared between metrics: e.g. G(source_test) computed once
+
+    @torch.no_grad()
+    def transferred(self) -> torch.Tensor:
+        """G(source_test) as float [-1, 1], computed once per context."""
+        if "transferred" not in self.cache:
+            outs = []
+            for start in range(0, len(self.source_test), self.batch_size):
+                idx = torch.arange(start, min(start + self.batch_size, len(self.source_test)))
+                x, _ = self.source_test.batch(idx)
+                outs.append(self.transfer(x).float())
+            self.cache["transferred"] = torch.cat(outs)
+        return self.cache["transferred"]
+
+
+def register_metric(name: str):
+    def wrap(fn: MetricFn) -> MetricFn:
+        _METRICS[name] = fn
+        return fn
+    return wrap
+
+
+def metric_names() -> list[str]:
+    _load_all()
+    return sorted(_METRICS)
+
+
+def compute(names: list[str], ctx: EvalContext) -> dict:
+    _load_all()
+    out = {}
+    for name in names:
+        if name not in _METRICS:
+            raise ConfigError(f"unknown metric {name!r}; valid metrics: {', '.join(sorted(_METRICS))}")
+        out.update(_METRICS[name](ctx))
+    return out
+
+
+def _load_all() -> None:
+    from . import accuracy, consistency, fld  # noqa: F401  (imports register the metrics)
+
+
+@torch.no_grad()
+def batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch: int = 500) -> torch.Tensor:
+    return torch.cat([fn(x[i:i + batch]).float() for i in range(0, len(x), batch)])

@@ -1,0 +1,36 @@
+"""Transfer accuracy (DESIGN §3): the target-domain classifier reads G(x) for source test images x;
+the score is the fraction equal to x's label. Also the raw-source baseline (classifier on grey x)."""
+from __future__ import annotations
+
+import torch
+
+from ..nets import grey
+from . import EvalContext, batched, register_metric
+
+
+def confusion_matrix(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Rows: true label, columns: predicted label."""
+    idx = labels.cpu().long() * num_classes + pred.cpu().long()
+    return torch.bincount(idx, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+
+
+def transfer_accuracy(classifier, transferred: torch.Tensor, labels: torch.Tensor, num_classes: int = 10) -> dict:
+    pred = batched(classifier, transferred).argmax(1).cpu()
+    labels = labels.cpu()
+    return {"transfer_accuracy": (pred == labels).float().mean().item(),
+            "confusion": confusion_matrix(pred, labels, num_classes).tolist()}
+
+
+@register_metric("transfer_accuracy")
+def _transfer_accuracy(ctx: EvalContext) -> dict:
+    return transfer_accuracy(ctx.classifier, ctx.transferred(), ctx.source_test.labels)
+
+
+@register_metric("source_baseline")
+def _source_baseline(ctx: EvalContext) -> dict:
+    """The classifier on the raw source images, greyscaled (paper: 40.06 % on SVHN)."""
+    x = ctx.source_test.images.float().div(127.5).sub(1.0)
+    channels = ctx.target_test.channels if ctx.target_test is not None else 1
+    x = grey(x) if channels == 1 else x
+    pred = batched(ctx.classifier, x).argmax(1).cpu()
+    return {"source_baseline_accuracy": (pred == ctx.source_test.labels.cpu()).float().mean().item()}

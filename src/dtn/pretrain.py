@@ -1,0 +1,118 @@
+"""Classifiers trained before the DTN: f on the labeled source, and the evaluation LeNet on the target.
+
+f's code is what L_CONST preserves, so f must read *digits*, not colours: its augmentation (random
+grey, inversion, shifts, contrast) only uses source images and labels, never the target domain.
+The evaluation classifier is cached by a checksum of its training data, so every run shares it.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .config import PretrainConfig
+from .data.base import cache_root
+from .domain import Domain
+from .nets import Encoder, LeNet, NetConfig, init_weights
+from .progress import progress
+from .weights import load_weights, save_weights
+
+
+def augment_source(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Per-image random grey (p 0.5), colour inversion (p 0.3), contrast jitter and shift by up to 2 px."""
+    n = x.shape[0]
+    r = torch.rand(n, 4, generator=generator).to(x.device)
+    if x.shape[1] == 3:
+        lum = (x * torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        x = torch.where((r[:, 0] < 0.5).view(n, 1, 1, 1), lum.expand_as(x), x)
+    x = torch.where((r[:, 1] < 0.3).view(n, 1, 1, 1), -x, x)
+    x = x * (0.6 + 0.8 * r[:, 2]).view(n, 1, 1, 1)
+    shift = torch.randint(-2, 3, (2,), generator=generator).tolist()
+    return torch.roll(x, shifts=shift, dims=(2, 3)).clamp(-1, 1)
+
+
+def shift_augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random translation by up to 2 px (zero padded), per batch."""
+    dx, dy = torch.randint(-2, 3, (2,), generator=generator).tolist()
+    pad = F.pad(x, (2, 2, 2, 2), value=-1.0)
+    return pad[:, :, 2 + dy: 2 + dy + x.shape[2], 2 + dx: 2 + dx + x.shape[3]]
+
+
+def _lr_at(step: int, total: int, lr: float) -> float:
+    """Linear warm-up over 5 % then cosine decay: a robust schedule for short classifier runs."""
+    warm = max(1, total // 20)
+    if step < warm:
+        return lr * (step + 1) / warm
+    return 0.5 * lr * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+
+def train_classifier(model: nn.Module, logits_fn, domain: Domain, steps: int, batch: int, lr: float,
+                     augment, seed: int, desc: str, autocast_dtype=None) -> None:
+    """A plain supervised loop: AdamW, warm-up + cosine, cross-entropy, random-index batches."""
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    device = domain.images.device
+    model.train()
+    for step in progress(range(steps), desc=desc):
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, steps, lr)
+        x, y = domain.sample(batch, gen)
+        x = augment(x, gen)
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+            loss = F.cross_entropy(logits_fn(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    model.eval()
+
+
+@torch.no_grad()
+def accuracy(logits_fn, domain: Domain, batch: int = 1000) -> float:
+    correct = 0
+    for start in range(0, len(domain), batch):
+        idx = torch.arange(start, min(start + batch, len(domain)))
+        x, y = domain.batch(idx)
+        correct += (logits_fn(x).argmax(1) == y).sum().item()
+    return correct / max(1, len(domain))
+
+
+def pretrain_f(net_cfg: NetConfig, cfg: PretrainConfig, source: Domain, seed: int = 0,
+               autocast_dtype=None) -> Encoder:
+    """f as a classifier on the labeled source; returned in eval mode, to be frozen by the caller."""
+    torch.manual_seed(seed)
+    f = Encoder(net_cfg).to(source.images.device)
+    init_weights(f)
+    augment = augment_source if cfg.f_augment else shift_augment
+    train_classifier(f, f.classify, source, cfg.f_steps, cfg.f_batch, cfg.f_lr, augment, seed,
+                     "pretrain f", autocast_dtype)
+    return f
+
+
+def data_fingerprint(domain: Domain) -> str:
+    h = hashlib.md5()
+    h.update(str(tuple(domain.images.shape)).encode())
+    h.update(domain.images.cpu().numpy().tobytes())
+    h.update(domain.labels.cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def eval_classifier(cfg: PretrainConfig, target_train: Domain, num_classes: int = 10, seed: int = 0,
+                    cache_dir: Path | None = None, autocast_dtype=None) -> tuple[LeNet, Path]:
+    """The LeNet that judges transfers, trained on target train; cached by data checksum and schedule."""
+    key = f"lenet-{target_train.name}-{data_fingerprint(target_train)}-e{cfg.eval_epochs}-s{seed}"
+    path = (cache_dir or cache_root() / "classifiers") / f"{key}.safetensors"
+    model = LeNet(target_train.channels, num_classes, target_train.images.shape[-1]).to(target_train.images.device)
+    if path.is_file():
+        load_weights(model, path)
+        model.eval()
+        return model, path
+    torch.manual_seed(seed)
+    steps = max(1, cfg.eval_epochs * len(target_train) // cfg.eval_batch)
+    train_classifier(model, model, target_train, steps, cfg.eval_batch, cfg.eval_lr, shift_augment, seed,
+                     "evaluation classifier", autocast_dtype)
+    save_weights(model, path)
+    return model, path

@@ -1,0 +1,150 @@
+"""`dtn run` end to end: load domains, pretrain f, get the evaluation classifier, train the DTN
+with periodic evaluation and checkpoints, evaluate at the end, write results.json."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import metrics
+from .config import Config
+from .domain import Domain, load_domain
+from .errors import RunError
+from .nets import Encoder, LeNet
+from .pretrain import accuracy, eval_classifier, pretrain_f
+from .report import save_grid
+from .rundir import RunDir
+from .train import Trainer, pick_device
+from .weights import load_weights, save_weights
+
+LOG = print
+
+
+@dataclass
+class Domains:
+    source_train: Domain
+    source_test: Domain
+    target_train: Domain
+    target_test: Domain
+
+
+def load_domains(cfg: Config) -> Domains:
+    n, d = cfg.nets, cfg.data.data_dir or None
+    return Domains(
+        load_domain(cfg.data.source, "train", n.image_size, n.source_channels, d),
+        load_domain(cfg.data.source, "test", n.image_size, n.source_channels, d),
+        load_domain(cfg.data.target, "train", n.image_size, n.target_channels, d),
+        load_domain(cfg.data.target, "test", n.image_size, n.target_channels, d),
+    )
+
+
+def autocast_dtype(cfg: Config):
+    return torch.bfloat16 if cfg.train.precision == "bf16" else None
+
+
+def get_f(cfg: Config, run: RunDir, domains: Domains, device: torch.device) -> Encoder:
+    """The pretrained f of this run (trained once, saved as f.safetensors), or a random one."""
+    path = run.path / "f.safetensors"
+    f = Encoder(cfg.nets).to(device)
+    if cfg.train.f_mode != "pretrained":
+        torch.manual_seed(cfg.train.seed)
+        from .nets import init_weights
+        init_weights(f)
+        return f.eval()
+    if path.is_file():
+        load_weights(f, path)
+        return f.eval()
+    t0 = time.time()
+    f = pretrain_f(cfg.nets, cfg.pretrain, domains.source_train.to(device), cfg.train.seed, autocast_dtype(cfg))
+    save_weights(f, path)
+    acc_s = accuracy(f.classify, domains.source_test.subset(5000).to(device))
+    acc_t = accuracy(f.classify, domains.target_test.to(device)) if domains.target_test.labels.min() >= 0 else float("nan")
+    run.write_json("f.json", {"source_test_accuracy": acc_s, "target_test_accuracy": acc_t,
+                              "seconds": time.time() - t0})
+    LOG(f"f pretrained in {time.time() - t0:.0f}s: {acc_s:.2%} on {cfg.data.source} test, "
+        f"{acc_t:.2%} on {cfg.data.target} test (diagnostic only)")
+    return f.eval()
+
+
+def get_classifier(cfg: Config, domains: Domains, device: torch.device) -> LeNet:
+    t0 = time.time()
+    clf, path = eval_classifier(cfg.pretrain, domains.target_train.to(device), cfg.nets.num_classes,
+                                autocast_dtype=autocast_dtype(cfg))
+    acc = accuracy(clf, domains.target_test.to(device))
+    LOG(f"evaluation classifier {path.name}: {acc:.2%} on {cfg.data.target} test ({time.time() - t0:.0f}s)")
+    return clf
+
+
+def evaluate(trainer: Trainer, classifier: LeNet, source_test: Domain, target_test: Domain,
+             names: tuple[str, ...] = ("transfer_accuracy", "f_consistency", "fld")) -> dict:
+    ctx = metrics.EvalContext(transfer=trainer.transfer, source_test=source_test.to(trainer.device),
+                              target_test=target_test.to(trainer.device), classifier=classifier, f=trainer.f)
+    return metrics.compute(list(names), ctx)
+
+
+def fit(trainer: Trainer, run: RunDir, classifier: LeNet, domains: Domains, fixed: torch.Tensor) -> None:
+    """The loop: step, log every log_every, evaluate every eval_every, checkpoint every ckpt_every."""
+    t = trainer.cfg.train
+    eval_src = domains.source_test.subset(t.eval_samples, seed=2)
+    eval_tgt = domains.target_test.subset(t.eval_samples, seed=2)
+    sums: dict[str, torch.Tensor] = {}
+    count, t0 = 0, time.time()
+    from .progress import progress
+    for _ in progress(range(trainer.step, t.steps), desc="train DTN", total=t.steps - trainer.step):
+        out = trainer.train_step()
+        for k, v in out.values.items():
+            sums[k] = sums.get(k, 0) + v.float()
+        count += 1
+        step = trainer.step
+        row: dict = {}
+        if step % t.log_every == 0 or step == t.steps:
+            row = {k: round(float(v) / count, 5) for k, v in sums.items()}
+            sums, count = {}, 0
+        if (t.eval_every and step % t.eval_every == 0) or step == t.steps:
+            m = evaluate(trainer, classifier, eval_src, eval_tgt)
+            row.update({k: round(v, 5) for k, v in m.items() if isinstance(v, float)})
+            save_grid(run.path / "samples" / f"step-{step:06d}.png", fixed, trainer.transfer(fixed))
+        if row:
+            row = {"step": step, "seconds": round(time.time() - t0, 1), **row}
+            run.append_metrics(row)
+            LOG(" ".join(f"{k}={v}" for k, v in row.items()))
+        if step % t.ckpt_every == 0 or step == t.steps:
+            run.save_checkpoint(trainer, t.keep_last)
+
+
+def run_dtn(cfg: Config, runs_dir: Path, name: str, resume: bool = False) -> dict:
+    cfg = cfg.validate()
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = pick_device(cfg.train.device)
+    run = RunDir.create(Path(runs_dir) / name, cfg, resume=resume)
+    if resume:
+        cfg = run.config()
+    t0 = time.time()
+    domains = load_domains(cfg)
+    LOG(f"data: {cfg.data.source} {len(domains.source_train)}/{len(domains.source_test)}, "
+        f"{cfg.data.target} {len(domains.target_train)}/{len(domains.target_test)} ({time.time() - t0:.0f}s)")
+    classifier = get_classifier(cfg, domains, device)
+    f = get_f(cfg, run, domains, device)
+    trainer = Trainer(cfg, f, domains.source_train, domains.target_train, device)
+    if resume and run.checkpoints():
+        step = run.load_checkpoint(trainer)
+        run.truncate_metrics(step)
+        LOG(f"resumed {run.path} at step {step}")
+    fixed, _ = domains.source_test.subset(16, seed=3).to(device).batch(torch.arange(16))
+    run.set_status("training")
+    t1 = time.time()
+    fit(trainer, run, classifier, domains, fixed)
+    final = evaluate(trainer, classifier, domains.source_test, domains.target_test,
+                     ("transfer_accuracy", "f_consistency", "fld", "source_baseline"))
+    final.update({"steps": trainer.step, "train_seconds": round(time.time() - t1, 1),
+                  "total_seconds": round(time.time() - t0, 1), "source": cfg.data.source,
+                  "target": cfg.data.target, "uses_source_labels_in_dtn": cfg.loss.const_distance == "ce",
+                  "n_source_test": len(domains.source_test)})
+    run.write_json("results.json", final)
+    run.set_status("done")
+    LOG(f"transfer accuracy {final['transfer_accuracy']:.2%} on {len(domains.source_test)} {cfg.data.source} "
+        f"test images; FLD {final['fld']:.2f}; f-consistency {final['f_consistency']:.2%}; run in {run.path}")
+    return final

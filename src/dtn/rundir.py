@@ -1,0 +1,184 @@
+"""A run directory: everything one run wrote, enough to resume it, evaluate it, or apply it.
+
+    <runs-dir>/<name>/
+      config.toml            resolved config (written before step 0)
+      run.json               dtn version, format version, status
+      metrics.csv            one row per log/eval step (losses, accuracy, FLD, ...)
+      f.safetensors          the pretrained f (frozen during DTN training)
+      checkpoints/step-000500.safetensors   f, g, D weights (safetensors: no pickle)
+      checkpoints/step-000500.state.pt      optimizers, step, RNG states (loaded weights_only)
+      samples/step-000500.png               the fixed source batch transferred at that step
+      results.json           final metrics
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .config import Config, load_toml, to_toml
+from .errors import RunError
+from .weights import atomic_write, load_tensors, save_tensors
+
+FORMAT_VERSION = 1
+_CKPT = re.compile(r"step-(\d+)\.safetensors$")
+
+
+@dataclass
+class RunDir:
+    path: Path
+
+    # ------------------------------------------------------------------ creation and checks
+    @classmethod
+    def create(cls, path: Path, cfg: Config, resume: bool = False) -> "RunDir":
+        run = cls(Path(path))
+        if run.config_path.exists() and not resume:
+            raise RunError(f"{run.path} already holds a run; pass --resume to continue it or choose another --name")
+        try:
+            run.path.mkdir(parents=True, exist_ok=True)
+            (run.path / "checkpoints").mkdir(exist_ok=True)
+            (run.path / "samples").mkdir(exist_ok=True)
+        except OSError as exc:
+            raise RunError(f"cannot create run directory {run.path}: {exc.strerror}") from None
+        if not resume:
+            run.write_text("config.toml", to_toml(cfg))
+            run.write_json("run.json", {"dtn_version": __version__, "format": FORMAT_VERSION, "status": "created"})
+        return run
+
+    @classmethod
+    def open(cls, path: Path) -> "RunDir":
+        run = cls(Path(path))
+        if not run.path.is_dir():
+            raise RunError(f"run directory {run.path} does not exist")
+        if not run.config_path.is_file() or not (run.path / "run.json").is_file():
+            raise RunError(f"{run.path} is not a complete dtn run (config.toml or run.json missing)")
+        meta = run.read_json("run.json")
+        if meta.get("format") != FORMAT_VERSION:
+            raise RunError(f"{run.path} was written by dtn {meta.get('dtn_version', '?')} (run format "
+                           f"{meta.get('format')}); this dtn {__version__} reads format {FORMAT_VERSION}")
+        return run
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.toml"
+
+    def config(self) -> Config:
+        return load_toml(self.config_path)
+
+    # ------------------------------------------------------------------ small files
+    def write_text(self, name: str, text: str) -> None:
+        atomic_write(self.path / name, lambda tmp: Path(tmp).write_text(text))
+
+    def write_json(self, name: str, obj) -> None:
+        self.write_text(name, json.dumps(obj, indent=2) + "\n")
+
+    def read_json(self, name: str):
+        try:
+            return json.loads((self.path / name).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise RunError(f"{self.path / name}: unreadable ({exc})") from None
+
+    def set_status(self, status: str) -> None:
+        meta = self.read_json("run.json")
+        meta["status"] = status
+        self.write_json("run.json", meta)
+
+    def append_metrics(self, row: dict) -> None:
+        """metrics.csv grows one row at a time; a new column rewrites the header (rare: first eval)."""
+        path = self.path / "metrics.csv"
+        rows = self.read_metrics()
+        keys = list(rows[0].keys()) if rows else []
+        new_keys = [k for k in row if k not in keys]
+        if new_keys or not path.exists():
+            rows.append({k: row.get(k, "") for k in keys + new_keys})
+            buf = io.StringIO()
+            writer = csv.DictWriter(buf, fieldnames=keys + new_keys)
+            writer.writeheader()
+            writer.writerows({k: r.get(k, "") for k in keys + new_keys} for r in rows)
+            self.write_text("metrics.csv", buf.getvalue())
+        else:
+            with open(path, "a", newline="") as fh:
+                csv.DictWriter(fh, fieldnames=keys).writerow({k: row.get(k, "") for k in keys})
+
+    def read_metrics(self) -> list[dict]:
+        path = self.path / "metrics.csv"
+        if not path.exists():
+            return []
+        with open(path, newline="") as fh:
+            return list(csv.DictReader(fh))
+
+    def truncate_metrics(self, step: int) -> None:
+        """Drop rows after `step` (on resume from a checkpoint at that step)."""
+        rows = [r for r in self.read_metrics() if int(r["step"]) <= step]
+        if not rows:
+            (self.path / "metrics.csv").unlink(missing_ok=True)
+            return
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0].keys()))
+        writer.writeheader()
+        writer.writerows(rows)
+        self.write_text("metrics.csv", buf.getvalue())
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoints(self) -> list[tuple[int, Path]]:
+        out = []
+        for p in (self.path / "checkpoints").glob("step-*.safetensors"):
+            m = _CKPT.search(p.name)
+            if m and p.with_name(p.name.replace(".safetensors", ".state.pt")).exists():
+                out.append((int(m.group(1)), p))
+        return sorted(out)
+
+    def save_checkpoint(self, trainer, keep_last: int = 3, keep: tuple[int, ...] = ()) -> Path:
+        """Weights first, then the state file: a checkpoint counts only once both exist."""
+        weights = {f"{name}.{k}": v for name, m in trainer.modules().items() for k, v in m.state_dict().items()}
+        path = self.path / "checkpoints" / f"step-{trainer.step:06d}.safetensors"
+        save_tensors(weights, path, metadata={"step": str(trainer.step), "dtn_version": __version__})
+        state = trainer.state_dict()
+        atomic_write(path.with_name(path.name.replace(".safetensors", ".state.pt")),
+                     lambda tmp: torch.save(state, tmp))
+        self._prune(keep_last, keep)
+        return path
+
+    def _prune(self, keep_last: int, keep: tuple[int, ...]) -> None:
+        ckpts = self.checkpoints()
+        if keep_last <= 0:
+            return
+        for step, path in ckpts[:-keep_last]:
+            if step not in keep:
+                path.unlink(missing_ok=True)
+                path.with_name(path.name.replace(".safetensors", ".state.pt")).unlink(missing_ok=True)
+
+    def load_checkpoint(self, trainer, path: Path | None = None, weights_only: bool = False) -> int:
+        if path is None:
+            ckpts = self.checkpoints()
+            if not ckpts:
+                raise RunError(f"{self.path} has no complete checkpoint to resume from")
+            path = ckpts[-1][1]
+        load_module_weights(trainer.modules(), load_tensors(path), path)
+        if not weights_only:
+            state_path = path.with_name(path.name.replace(".safetensors", ".state.pt"))
+            try:
+                state = torch.load(state_path, map_location="cpu", weights_only=True)
+            except Exception as exc:  # any unpickling failure means the file cannot be trusted
+                raise RunError(f"{state_path}: unreadable training state ({exc.__class__.__name__})") from None
+            trainer.load_state_dict(state)
+        return trainer.step
+
+
+def load_module_weights(modules: dict[str, torch.nn.Module], tensors: dict[str, torch.Tensor], path: Path) -> None:
+    for name, module in modules.items():
+        prefix = name + "."
+        sub = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        if not sub:
+            continue
+        try:
+            module.load_state_dict(sub)
+        except RuntimeError as exc:
+            raise RunError(f"{path}: {name} weights do not fit the configured network "
+                           f"({str(exc).strip().splitlines()[0]})") from None

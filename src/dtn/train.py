@@ -1,0 +1,242 @@
+"""The DTN training step and loop: one Trainer owns every piece of state and saves/restores all of it.
+
+Which parameters each loss updates (DESIGN.md §1):
+  L_D  -> D only; G(x) is computed without grad (detached from g and f).
+  L_G  -> g only; f is frozen (requires_grad False, eval-mode BN) but L_CONST back-propagates
+          *through* f(G(x)) into g. Options (deviations) add f to the G optimizer.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from . import losses
+from .config import Config
+from .domain import Domain
+from .nets import Discriminator, Encoder, Generator, init_weights
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def set_requires_grad(module: nn.Module, flag: bool) -> None:
+    for p in module.parameters():
+        p.requires_grad_(flag)
+
+
+@torch.no_grad()
+def code_rms(f: Encoder, domain: Domain, n: int = 2048, batch: int = 512) -> float:
+    """Root-mean-square of f's code on source images: the scale L_CONST divides by (code_scale = rms)."""
+    sub = domain.subset(n, seed=1)
+    total, count = 0.0, 0
+    for start in range(0, len(sub), batch):
+        x, _ = sub.batch(torch.arange(start, min(start + batch, len(sub))))
+        c = f(x).float()
+        total += c.pow(2).sum().item()
+        count += c.numel()
+    return math.sqrt(total / max(1, count)) or 1.0
+
+
+@dataclass
+class StepOutput:
+    """Detached loss tensors of one step (no host sync until someone calls .item())."""
+
+    values: dict[str, torch.Tensor]
+
+    def items(self) -> dict[str, float]:
+        return {k: float(v) for k, v in self.values.items()}
+
+
+class Trainer:
+    """Owns f, g, D, their optimizers, the step counter and the sampling RNG."""
+
+    def __init__(self, cfg: Config, f: Encoder, source: Domain, target: Domain,
+                 device: torch.device | None = None) -> None:
+        self.cfg = cfg.validate()
+        self.device = device or pick_device(cfg.train.device)
+        self.source, self.target = source.to(self.device), target.to(self.device)
+        self.f = f.to(self.device)
+        self.g = Generator(cfg.nets).to(self.device)
+        self.d = Discriminator(cfg.nets).to(self.device)
+        init_weights(self.g)
+        init_weights(self.d)
+        if cfg.train.f_mode == "joint":
+            init_weights(self.f)
+        self.f_learns = cfg.train.f_mode == "joint" or cfg.train.f_trainable
+        set_requires_grad(self.f, self.f_learns)
+        self.f.train(self.f_learns)
+        self.memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+        for m in (self.f, self.g, self.d):
+            m.to(memory_format=self.memory_format)
+        scale = code_rms(self.f, self.source) if cfg.loss.code_scale == "rms" else 1.0
+        self.code_scale = torch.tensor(scale)
+        g_params = list(self.g.parameters()) + (list(self.f.parameters()) if self.f_learns else [])
+        self.opt_g = self._optimizer(g_params, cfg.optim.lr_g)
+        self.opt_d = self._optimizer(self.d.parameters(), cfg.optim.lr_d)
+        self.step = 0
+        self.generator = torch.Generator().manual_seed(cfg.train.seed)
+        self.last_d_loss = math.inf
+
+    # ------------------------------------------------------------------ construction helpers
+    def _optimizer(self, params, lr: float) -> torch.optim.Optimizer:
+        o = self.cfg.optim
+        if o.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay)
+        return torch.optim.Adam(params, lr=lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
+
+    def _set_lr(self) -> None:
+        """The learning rate is a pure function of the step, so resuming needs no scheduler state."""
+        factor = self._lr_factor(self.step)
+        for opt, lr in ((self.opt_g, self.cfg.optim.lr_g), (self.opt_d, self.cfg.optim.lr_d)):
+            for group in opt.param_groups:
+                group["lr"] = lr * factor
+
+    def _lr_factor(self, step: int) -> float:
+        total, kind = max(1, self.cfg.train.steps), self.cfg.optim.schedule
+        t = min(step / total, 1.0)
+        if kind == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * t))
+        if kind == "linear":
+            return 1.0 - t
+        return 1.0
+
+    def autocast(self):
+        if self.cfg.train.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    @property
+    def in_warmup(self) -> bool:
+        return self.step < self.cfg.train.warmup_steps
+
+    @property
+    def gan_active(self) -> bool:
+        return self.cfg.loss.gan and not self.in_warmup
+
+    def sample(self):
+        xs, ys = self.source.sample(self.cfg.train.batch_size, self.generator, self.memory_format)
+        xt, _ = self.target.sample(self.cfg.train.batch_size, self.generator, self.memory_format)
+        return xs, ys, xt
+
+    # ------------------------------------------------------------------ the two updates
+    def generate(self, xs: torch.Tensor, xt: torch.Tensor):
+        """One f forward and one g forward over source and target together: (f(xs), f(xt), G(xs), G(xt))."""
+        n = xs.shape[0]
+        with torch.set_grad_enabled(self.f_learns and torch.is_grad_enabled()):
+            cs, ct = self.f(xs), self.f(xt)
+        out = self.g(torch.cat([cs, ct]))
+        return cs, ct, out[:n], out[n:]
+
+    def g_loss(self, xs, ys, xt) -> tuple[torch.Tensor, dict[str, torch.Tensor], tuple]:
+        cfg = self.cfg.loss
+        cs, ct, gs, gt = self.generate(xs, xt)
+        parts: dict[str, torch.Tensor] = {}
+        if cfg.const_distance == "ce":
+            parts["const"] = losses.const_ce_loss(self.f.classify(gs), ys)
+        else:
+            parts["const"] = losses.const_loss(cs.detach() if not self.f_learns else cs, self.f(gs),
+                                               cfg.const_distance, float(self.code_scale))
+        parts["tid"] = losses.tid_loss(xt, gt)
+        total = cfg.alpha * parts["const"] + cfg.beta * parts["tid"]
+        if cfg.gamma:
+            parts["tv"] = losses.tv_loss(torch.cat([gs, gt]), cfg.tv_power)
+            total = total + cfg.gamma * parts["tv"]
+        if self.gan_active:
+            g_loss_fn = losses.ternary_g_loss if cfg.discriminator == "ternary" else losses.binary_g_loss
+            parts["gang"] = g_loss_fn(self.d(gs), self.d(gt))
+            total = total + parts["gang"]
+        return total, parts, (gs, gt)
+
+    def d_loss(self, gs: torch.Tensor, gt: torch.Tensor, xt: torch.Tensor) -> torch.Tensor:
+        d_loss_fn = losses.ternary_d_loss if self.cfg.loss.discriminator == "ternary" else losses.binary_d_loss
+        return d_loss_fn(self.d(gs.detach()), self.d(gt.detach()), self.d(xt))
+
+    def g_update(self) -> tuple[dict[str, torch.Tensor], tuple]:
+        xs, ys, xt = self.sample()
+        set_requires_grad(self.d, False)
+        self.g.train()
+        with self.autocast():
+            total, parts, fakes = self.g_loss(xs, ys, xt)
+        self.opt_g.zero_grad(set_to_none=True)
+        total.backward()
+        self.opt_g.step()
+        set_requires_grad(self.d, True)
+        parts["g_total"] = total
+        return {k: v.detach() for k, v in parts.items()}, (fakes[0].detach(), fakes[1].detach(), xt)
+
+    def d_update(self, fakes: tuple | None) -> torch.Tensor | None:
+        floor = self.cfg.train.d_loss_floor
+        if floor > 0 and self.last_d_loss < floor:
+            self.last_d_loss = math.inf  # re-measure on the next step
+            return None
+        if fakes is None:
+            xs, _, xt = self.sample()
+            with torch.no_grad(), self.autocast():
+                _, _, gs, gt = self.generate(xs, xt)
+        else:
+            gs, gt, xt = fakes
+        with self.autocast():
+            loss = self.d_loss(gs, gt, xt)
+        self.opt_d.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_d.step()
+        if floor > 0:
+            self.last_d_loss = loss.item()
+        return loss.detach()
+
+    def train_step(self) -> StepOutput:
+        """g_steps G updates, then d_steps D updates (the first reuses the last G batch's images, detached)."""
+        self._set_lr()
+        for _ in range(self.cfg.train.g_steps):
+            parts, fakes = self.g_update()
+        if self.gan_active:
+            for i in range(self.cfg.train.d_steps):
+                d = self.d_update(fakes if i == 0 else None)
+                if d is not None:
+                    parts["d"] = d
+        self.step += 1
+        return StepOutput(parts)
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def transfer(self, x: torch.Tensor) -> torch.Tensor:
+        """G(x) in eval mode, float [-1, 1]."""
+        was = self.g.training, self.f.training
+        self.g.eval()
+        self.f.eval()
+        with self.autocast():
+            out = self.g(self.f(x.contiguous(memory_format=self.memory_format))).float()
+        self.g.train(was[0])
+        self.f.train(was[1])
+        return out
+
+    # ------------------------------------------------------------------ state
+    def modules(self) -> dict[str, nn.Module]:
+        return {"f": self.f, "g": self.g, "d": self.d}
+
+    def state_dict(self) -> dict:
+        """Everything but the weights (those go to safetensors): optimizers, step, RNGs."""
+        return {
+            "step": self.step,
+            "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "code_scale": self.code_scale,
+            "last_d_loss": self.last_d_loss,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state["step"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.code_scale = state["code_scale"]
+        self.last_d_loss = float(state["last_d_loss"])

@@ -1,0 +1,44 @@
+"""Shared fixtures: tests never write to the user's cache, and find the real data sets if present."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# Read before any fixture runs: the autouse fixture below removes DTN_DATA_DIR from the environment
+# so that tests building their own trees are not affected by the developer's setting.
+_ENV_DATA_DIR = os.environ.get("DTN_DATA_DIR")
+
+
+def find_real_data_dir() -> Path | None:
+    """$DTN_DATA_DIR, else ../shared/datasets next to the repository; None when neither exists."""
+    candidates = [Path(_ENV_DATA_DIR).expanduser()] if _ENV_DATA_DIR else []
+    candidates.append(REPO_ROOT.parent / "shared" / "datasets")
+    for path in candidates:
+        if path.is_dir():
+            return path
+    return None
+
+
+@pytest.fixture(scope="session")
+def session_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("dtn-cache")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(monkeypatch: pytest.MonkeyPatch, session_cache_dir: Path) -> None:
+    monkeypatch.setenv("DTN_CACHE_DIR", str(session_cache_dir))
+    monkeypatch.delenv("DTN_DATA_DIR", raising=False)
+
+
+@pytest.fixture
+def real_data_dir() -> Path:
+    """The folder holding the real data sets (mnist/, fashion-mnist/, ...), or skip."""
+    path = find_real_data_dir()
+    if path is None:
+        where = f"$DTN_DATA_DIR={_ENV_DATA_DIR}" if _ENV_DATA_DIR else "$DTN_DATA_DIR (unset)"
+        pytest.skip(f"real data sets not found: neither {where} nor {REPO_ROOT.parent / 'shared' / 'datasets'} exists")
+    return path
+
