@@ -38,6 +38,7 @@ def main() -> None:
 
     workers = args.workers or synth_digits._default_workers()
     n_fonts = len(synth_digits.font_names())
+    load_before = os.getloadavg()[0]  # other work on the machine lowers the rate: record it
     times = measure(args.n, workers)
     rate = args.n / min(times)
     result = {
@@ -51,6 +52,7 @@ def main() -> None:
         "size": 32,
         "run_seconds": [round(t, 3) for t in times],
         "fonts": n_fonts,
+        "load_avg_1min_before": round(load_before, 2),
         "generator_version": synth_digits.GENERATOR_VERSION,
         "python": platform.python_version(),
     }

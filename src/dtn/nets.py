@@ -26,6 +26,8 @@ class NetConfig:
     d_classes: int = 3           # 3: ternary D (paper); 2: binary fake/real (a deviation)
     leaky_slope: float = 0.2     # D's LeakyReLU slope (0 gives ReLU)
     d_downsample: str = "stride"  # "stride" (conv stride 2) or "maxpool" (conv stride 1 + max-pool)
+    g_input_norm: bool = False   # scale each code to unit RMS before g: source and target codes of a
+                                 # classifier-trained f differ mostly in length, not direction
 
 
 def num_blocks(image_size: int) -> int:
@@ -81,8 +83,11 @@ class Generator(nn.Module):
                        nn.ReLU(inplace=True)]
         layers += [nn.ConvTranspose2d(widths[-1], cfg.target_channels, 4, 2, 1), nn.Tanh()]
         self.net = nn.Sequential(*layers)
+        self.input_norm = cfg.g_input_norm
 
     def forward(self, code: torch.Tensor) -> torch.Tensor:
+        if self.input_norm:
+            code = F.normalize(code, dim=1) * math.sqrt(code.shape[1])
         return self.net(code[:, :, None, None])
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from . import metrics
-from .config import Config
+from .config import Config, to_toml
 from .domain import Domain, load_domain
 from .errors import RunError
 from .nets import Encoder, LeNet
@@ -121,7 +121,7 @@ def run_dtn(cfg: Config, runs_dir: Path, name: str, resume: bool = False) -> dic
     device = pick_device(cfg.train.device)
     run = RunDir.create(Path(runs_dir) / name, cfg, resume=resume)
     if resume:
-        cfg = run.config()
+        run.write_text("config.toml", to_toml(cfg))
     t0 = time.time()
     domains = load_domains(cfg)
     LOG(f"data: {cfg.data.source} {len(domains.source_train)}/{len(domains.source_test)}, "

@@ -139,6 +139,7 @@ def atomic_save_npy(path: Path, array: np.ndarray) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             np.save(fh, array)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a cache is for every user of the machine
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

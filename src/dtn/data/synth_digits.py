@@ -12,14 +12,19 @@ only on these pictures should still be usable on real SVHN crops.
 Determinism: the same (n, seed, size) gives the same bytes whatever `workers` is, because the
 work is cut into fixed CHUNK-sized pieces, each drawing from its own stream
 SeedSequence(seed, spawn_key=(chunk,)); and generate(n) is a prefix of generate(m > n), so a
-small DTN_SYNTH_*_N split is the start of the full one. The pictures also depend on the fonts this machine has
-(matplotlib's bundled TTFs plus `findSystemFonts()`), so another machine with other fonts makes
-other (equally valid) pictures. Bump GENERATOR_VERSION whenever the pictures change.
+small DTN_SYNTH_*_N split is the start of the full one. The pictures also depend on the fonts
+this machine has (matplotlib's bundled TTFs plus `findSystemFonts()`) and on Pillow's JPEG
+codec, so another machine may make other (equally valid) pictures. Bump GENERATOR_VERSION
+whenever the pictures change.
 
 Splits: "train" (seed 0) and "test" (seed 1), generated once and cached as .npy under
 `cache_root()/synth-digits/`. Their sizes default to 100,000 and 26,032 (SVHN's test size) and
 can be overridden with the environment variables DTN_SYNTH_TRAIN_N and DTN_SYNTH_TEST_N
 (tests use small sizes this way).
+
+Parallel generation uses spawned worker processes, which import the caller's main script: a
+script that loads this dataset must keep its top-level code under `if __name__ == "__main__":`
+(the `dtn` command does).
 
 Per-process state: `_glyph_bank` and `font_paths` are functools caches (rendered glyph masks and
 the font list), built once per process (each pool worker builds its own); nothing else is global.
@@ -29,11 +34,11 @@ from __future__ import annotations
 import functools
 import io
 import math
+import multiprocessing
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +51,7 @@ from .base import DatasetSource, FileCheck, Split, atomic_save_npy, cache_root, 
 
 NAME = "synth-digits"
 #: Bump whenever the pictures for a given (n, seed, size) change; it is part of the cache name.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 #: Pictures per independently seeded chunk. Changing it changes the pictures (bump the version).
 CHUNK = 256
 SPLIT_SEEDS = {"train": 0, "test": 1}
@@ -311,7 +316,8 @@ def _glyph_layers(bank, scene: _Scene, size: int) -> tuple[np.ndarray, np.ndarra
             mask = _embolden(mask, scene.weight[i], scene.height[i] * canvas)
         layers[0, i] = np.asarray(mask.reduce(_SUPERSAMPLE))
         if scene.outline[i]:
-            layers[1, i] = np.asarray(mask.filter(ImageFilter.MaxFilter(int(scene.outline[i]))).reduce(_SUPERSAMPLE))
+            outline = mask.filter(ImageFilter.MaxFilter(int(scene.outline[i])))
+            layers[1, i] = np.asarray(outline.reduce(_SUPERSAMPLE))
         dx, dy = scene.shadow[i]
         if dx or dy:
             layers[2, i] = _shifted(layers[0, i], int(dx), int(dy))
@@ -362,7 +368,7 @@ def _random_colours(rng: np.random.Generator, n: int) -> np.ndarray:
 def _colour_pairs(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Foreground/background colours: usually clear contrast, sometimes poor (as in real photos)."""
     bg, fg = _random_colours(rng, n), _random_colours(rng, n)
-    need = np.where(rng.random(n) < 0.9, 0.3, 0.15)
+    need = np.where(rng.random(n) < 0.9, 0.3, 0.18)
     for _ in range(20):  # rejection sampling: deterministic given the stream
         bad = np.abs((fg - bg) @ _LUMA) < need
         if not bad.any():
@@ -371,6 +377,16 @@ def _colour_pairs(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndar
     still = np.abs((fg - bg) @ _LUMA) < need
     fg[still] = np.where((bg[still] @ _LUMA > 0.5)[:, None], 0.05, 0.95)
     return fg, bg
+
+
+def _clutter_colours(rng: np.random.Generator, fg: np.ndarray, bg: np.ndarray) -> np.ndarray:
+    """Colours for walls and stripes that stay apart from the ink: where a stripe the colour of
+    the digit crossed it, a 4 read as a 1 and a 7 vanished into its own stroke."""
+    colours = _random_colours(rng, len(fg))
+    close = np.abs((colours - fg) @ _LUMA) < 0.2
+    away = np.where((bg @ _LUMA >= fg @ _LUMA)[:, None], 0.3, -0.3).astype(np.float32)
+    colours[close] = np.clip(bg[close] + away[close], 0, 1)
+    return colours
 
 
 def _upsample_matrix(coarse: int, fine: int) -> np.ndarray:
@@ -408,21 +424,27 @@ def _paint(img: np.ndarray, which: np.ndarray, colour: np.ndarray, cover: np.nda
         img[idx] += (colour[idx] - img[idx]) * cover[idx]
 
 
-def _background(rng: np.random.Generator, bg: np.ndarray, size: int) -> np.ndarray:
+def _per_picture(rng: np.random.Generator, low: float, high: float, n: int) -> np.ndarray:
+    """One uniform value per picture, shaped (n, 1, 1, 1) to broadcast over (n, y, x, c)."""
+    return rng.uniform(low, high, (n, 1, 1, 1)).astype(np.float32)
+
+
+def _background(rng: np.random.Generator, fg: np.ndarray, bg: np.ndarray, size: int) -> np.ndarray:
     """(n, size, size, 3) background: gradient, plaque edge, stripe, blotches and texture."""
     n = len(bg)
-    ramp = rng.uniform(-0.35, 0.35, (n, 1, 1, 1)).astype(np.float32) * (2 / size)
-    img = bg[:, None, None, :] + ramp * _projection(rng, n, size)
+    img = bg[:, None, None, :] + _per_picture(rng, -0.7, 0.7, n) / size * _projection(rng, n, size)
     # A plaque edge: beyond a line near the border the wall has another colour (1-px soft edge).
-    beyond = _projection(rng, n, size) - rng.uniform(0.3, 0.5, (n, 1, 1, 1)).astype(np.float32) * size
-    _paint(img, rng.random(n) < 0.3, _random_colours(rng, n)[:, None, None, :], np.clip(beyond + 0.5, 0, 1))
+    beyond = _projection(rng, n, size) - _per_picture(rng, 0.3, 0.5, n) * size
+    wall = _clutter_colours(rng, fg, bg)[:, None, None, :]
+    _paint(img, rng.random(n) < 0.3, wall, np.clip(beyond + 0.5, 0, 1))
     # A stripe (frame, brick joint, railing) anywhere, under the digits.
-    dist = np.abs(_projection(rng, n, size) - rng.uniform(-0.45, 0.45, (n, 1, 1, 1)).astype(np.float32) * size)
-    half = rng.uniform(0.3, 2.5, (n, 1, 1, 1)).astype(np.float32) * size / 32
-    _paint(img, rng.random(n) < 0.2, _random_colours(rng, n)[:, None, None, :], np.clip(half - dist + 0.5, 0, 1))
+    dist = np.abs(_projection(rng, n, size) - _per_picture(rng, -0.45, 0.45, n) * size)
+    half_width = _per_picture(rng, 0.3, 2.5, n) * size / 32
+    stripe = _clutter_colours(rng, fg, bg)[:, None, None, :]
+    _paint(img, rng.random(n) < 0.2, stripe, np.clip(half_width - dist + 0.5, 0, 1))
     # Blotches and fine texture.
-    img += rng.uniform(0, 0.12, (n, 1, 1, 1)).astype(np.float32) * _smooth_noise(rng, n, size, 4, 3)
-    texture = rng.uniform(0, 0.06, (n, 1, 1, 1)).astype(np.float32) * (rng.random((n, 1, 1, 1)) < 0.5)
+    img += _per_picture(rng, 0, 0.12, n) * _smooth_noise(rng, n, size, 4, 3)
+    texture = _per_picture(rng, 0, 0.06, n) * (rng.random((n, 1, 1, 1)) < 0.5)
     img += texture * _smooth_noise(rng, n, size, max(2, size // 3), 1)
     return img
 
@@ -432,16 +454,15 @@ def _compose(rng: np.random.Generator, layers, size: int) -> np.ndarray:
     digit, outline, shadow = layers
     n = len(digit)
     fg, bg = _colour_pairs(rng, n)
-    img = _background(rng, bg, size)
+    img = _background(rng, fg, bg, size)
     shadow_col = np.where(rng.random((n, 1)) < 0.7, bg * 0.35, np.minimum(bg * 1.6 + 0.2, 1))
     _paint(img, shadow.any(axis=(1, 2, 3)), shadow_col[:, None, None, :], 0.8 * shadow)
     outline_col = np.where((fg @ _LUMA > 0.5)[:, None], 0.05, 0.95) * rng.uniform(0.6, 1, (n, 1))
     _paint(img, outline.any(axis=(1, 2, 3)), outline_col.astype(np.float32)[:, None, None, :], outline)
-    ink_ramp = rng.uniform(-0.4, 0.4, (n, 1, 1, 1)).astype(np.float32) / size
-    ink = fg[:, None, None, :] + ink_ramp * _projection(rng, n, size)
+    ink = fg[:, None, None, :] + _per_picture(rng, -0.4, 0.4, n) / size * _projection(rng, n, size)
     img += (ink - img) * digit
     # Uneven lighting over the whole scene.
-    img *= 1 + rng.uniform(0, 0.3, (n, 1, 1, 1)).astype(np.float32) * _smooth_noise(rng, n, size, 3, 1)
+    img *= 1 + _per_picture(rng, 0, 0.3, n) * _smooth_noise(rng, n, size, 3, 1)
     return img
 
 
@@ -466,7 +487,7 @@ def _camera(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
     """Contrast, gamma, colour cast and sensor noise; returns uint8."""
     n = len(img)
     mean = img.mean(axis=(1, 2, 3), keepdims=True)
-    img = mean + (img - mean) * rng.uniform(0.7, 1.2, (n, 1, 1, 1)).astype(np.float32)
+    img = mean + (img - mean) * _per_picture(rng, 0.7, 1.2, n)
     img *= rng.uniform(0.9, 1.1, (n, 1, 1, 3)).astype(np.float32)
     img = np.clip(img, 0, 1) ** np.exp(rng.normal(0, 0.2, (n, 1, 1, 1))).astype(np.float32)
     sigma = np.where(rng.random(n) < 0.3, 0, rng.uniform(0.005, 0.05, n)).astype(np.float32)
@@ -542,12 +563,13 @@ def generate(n: int, seed: int, size: int = 32, workers: int | None = None,
 
 
 def _run_jobs(jobs: list, workers: int):
-    """Chunk results in order: in-process for one worker, else a spawn-context process pool
-    (spawn, not fork: the caller may hold torch threads that a fork would copy mid-flight)."""
-    if workers <= 1:
+    """Chunk results in order: in-process for one worker or inside a daemon process (a pool or
+    DataLoader worker may not have children), else a spawn-context process pool (spawn, not
+    fork: the caller may hold torch threads that a fork would copy mid-flight)."""
+    if workers <= 1 or multiprocessing.current_process().daemon:
         yield from map(_render_chunk, jobs)
         return
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         yield from pool.map(_render_chunk, jobs)
 
 

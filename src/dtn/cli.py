@@ -1,0 +1,232 @@
+"""`dtn` command line: parse, call a library function, print. No logic lives here.
+
+Errors the user can act on (DtnError) print as one line and exit 2; `--debug` shows the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .errors import DtnError
+
+EPILOG = """examples:
+  dtn run digits                       pretrain f, train the DTN, evaluate (synth-digits -> MNIST)
+  dtn data info mnist                  splits, counts, checksums
+  dtn data show synth-digits --n 64 --out sheet.png
+  dtn transfer --run runs/digits --input in.npz --output out.npz
+data: --data-dir DIR, else $DTN_DATA_DIR, else the user cache dir. Derived files: $DTN_CACHE_DIR."""
+
+
+# ----------------------------------------------------------------------------- data
+def cmd_data_list(args) -> int:
+    from . import data
+
+    for name in data.names():
+        src = data.get(name) if name != "image-folder" else None
+        desc = src.description if src else "any folder of images (pass the path, or folder:PATH)"
+        print(f"{name:16s} {desc}")
+    return 0
+
+
+def cmd_data_info(args) -> int:
+    from . import data
+
+    src = data.get(args.name)
+    root = data.data_root(args.data_dir)
+    print(f"{src.name}: {src.description}")
+    if src.licence:
+        print(f"licence: {src.licence}")
+    print(f"data dir: {root}" + ("  (generated; cached under " + str(data.cache_root()) + ")" if src.generated else ""))
+    checks = src.check(root)
+    for c in checks:
+        print("  " + c.describe())
+    bad = [c for c in checks if c.exists and not c.ok]
+    if bad:
+        raise DtnError(f"checksum mismatch for {bad[0].path}: expected md5 {bad[0].expected_md5}, "
+                       f"got {bad[0].actual_md5}")
+    for split in src.splits:
+        s = src.load(split, root)
+        hist = data.class_histogram(s.labels)
+        names = s.class_names
+        hist_text = " ".join(f"{names[k] if 0 <= k < len(names) else k}:{v}" for k, v in hist.items())
+        print(f"  {split:6s} {len(s):7d} images  shape {tuple(s.images.shape[1:])}  "
+              f"classes {len(hist)}  [{hist_text if len(hist) <= 12 else str(len(hist)) + ' classes'}]")
+    return 0
+
+
+def cmd_data_show(args) -> int:
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from . import data
+
+    s = data.load(args.name, args.split, args.data_dir)
+    n = min(args.n, len(s))
+    idx = np.random.default_rng(args.seed).choice(len(s), size=n, replace=False)
+    cols = int(np.ceil(np.sqrt(n)))
+    h, w = s.images.shape[1:3]
+    scale = max(1, 64 // max(h, w))
+    cell_h, cell_w = h * scale + 12, w * scale + 4
+    sheet = Image.new("RGB", (cols * cell_w, ((n + cols - 1) // cols) * cell_h), "white")
+    draw = ImageDraw.Draw(sheet)
+    for k, i in enumerate(idx):
+        img = s.images[i]
+        pic = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).convert("RGB")
+        pic = pic.resize((w * scale, h * scale), Image.NEAREST)
+        x, y = (k % cols) * cell_w + 2, (k // cols) * cell_h
+        sheet.paste(pic, (x, y))
+        label = int(s.labels[i])
+        text = s.class_names[label] if 0 <= label < len(s.class_names) else ("" if label < 0 else str(label))
+        draw.text((x, y + h * scale), text[:12], fill=(0, 0, 0))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(args.out)
+    print(f"wrote {args.out}: {n} {s.dataset}/{args.split} images")
+    return 0
+
+
+def cmd_data_fetch(args) -> int:
+    from . import data
+
+    src = data.get(args.name)
+    if src.fetch is None:
+        raise DtnError(f"{src.name} cannot be downloaded automatically: {src.how_to_get}")
+    root = data.data_root(args.data_dir)
+    src.fetch(root)
+    print(f"fetched {src.name} into {root / src.name}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- training
+def _config(args):
+    from .config import apply_overrides, load_toml, parse_set_args, preset
+    from .rundir import RunDir
+
+    if getattr(args, "resume", False):
+        # Resuming starts from the run's own config; --steps/--set may extend or change it.
+        cfg = RunDir.open(Path(args.runs_dir) / (args.name or preset(args.preset).name)).config()
+    else:
+        cfg = preset(args.preset)
+    if getattr(args, "config", None):
+        cfg = load_toml(Path(args.config), cfg)
+    overrides = parse_set_args(args.set or [])
+    if getattr(args, "data_dir", None):
+        overrides["data.data_dir"] = args.data_dir
+    if getattr(args, "steps", None) is not None:
+        overrides["train.steps"] = args.steps
+    if getattr(args, "seed", None) is not None:
+        overrides["train.seed"] = args.seed
+    if getattr(args, "device", None):
+        overrides["train.device"] = args.device
+    return apply_overrides(cfg, overrides)
+
+
+def cmd_run(args) -> int:
+    from .config import diff_from_default, to_toml
+    from .run import run_dtn
+
+    cfg = _config(args)
+    if args.dry_run:
+        print(to_toml(cfg), end="")
+        for key, (value, default) in diff_from_default(cfg).items():
+            print(f"# {key} = {value!r} (default {default!r})")
+        return 0
+    name = args.name or cfg.name
+    run_dtn(cfg, Path(args.runs_dir), name, resume=args.resume)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .apply import evaluate_run
+
+    result = evaluate_run(Path(args.run), args.checkpoint)
+    print(json.dumps({k: v for k, v in result.items() if k != "confusion"}, indent=2))
+    return 0
+
+
+def cmd_transfer(args) -> int:
+    from .apply import transfer_npz
+
+    n = transfer_npz(Path(args.run), Path(args.input), Path(args.output), device=args.device)
+    print(f"wrote {args.output}: {n} images")
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    from .config import PRESETS
+
+    p = argparse.ArgumentParser(prog="dtn", description="Domain Transfer Networks: map images of one domain "
+                                "into the style of another, keeping what they show.", epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    d = sub.add_parser("data", help="list, inspect, show and fetch datasets")
+    dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    for name, fn, helptext in (("list", cmd_data_list, "registered datasets"),
+                               ("info", cmd_data_info, "splits, counts, shape, class histogram, checksums"),
+                               ("show", cmd_data_show, "write a contact sheet of samples with labels"),
+                               ("fetch", cmd_data_fetch, "download the official files (verified)")):
+        q = dsub.add_parser(name, help=helptext)
+        q.set_defaults(fn=fn)
+        q.add_argument("--data-dir", help="folder holding dataset folders (default $DTN_DATA_DIR)")
+        if name != "list":
+            q.add_argument("name", help="dataset name (see `dtn data list`) or a folder of images")
+        if name == "show":
+            q.add_argument("--n", type=int, default=64, help="number of images (default 64)")
+            q.add_argument("--split", default="train", help="split (default train)")
+            q.add_argument("--seed", type=int, default=0)
+            q.add_argument("--out", default="sheet.png", help="output PNG (default sheet.png)")
+
+    r = sub.add_parser("run", help="pretrain f, train the DTN, evaluate: one command",
+                       description="Run a preset end to end. Presets: " + ", ".join(PRESETS))
+    r.set_defaults(fn=cmd_run)
+    r.add_argument("preset", nargs="?", default="digits", help=f"one of {', '.join(PRESETS)} (default digits)")
+    r.add_argument("--runs-dir", default="runs", help="parent of run directories (default runs/)")
+    r.add_argument("--name", help="run directory name (default: the preset's name)")
+    r.add_argument("--config", help="TOML file overriding the preset")
+    r.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one config value")
+    r.add_argument("--steps", type=int, help="shorthand for --set train.steps=N")
+    r.add_argument("--seed", type=int, help="shorthand for --set train.seed=N")
+    r.add_argument("--device", help="cpu, cuda, cuda:N (default auto)")
+    r.add_argument("--data-dir", help="folder holding dataset folders (default $DTN_DATA_DIR)")
+    r.add_argument("--resume", action="store_true", help="continue the run in --runs-dir/--name")
+    r.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+
+    e = sub.add_parser("evaluate", help="transfer accuracy, f-consistency and FLD of a run's checkpoint")
+    e.set_defaults(fn=cmd_evaluate)
+    e.add_argument("run", help="run directory")
+    e.add_argument("--checkpoint", help="checkpoint file (default: the latest)")
+
+    t = sub.add_parser("transfer", help="apply a trained run to images in an .npz")
+    t.set_defaults(fn=cmd_transfer)
+    t.add_argument("--run", required=True, help="run directory")
+    t.add_argument("--input", required=True, help=".npz with `images`: uint8 (N,H,W,3) or (N,H,W)")
+    t.add_argument("--output", required=True, help=".npz to write: `images` uint8 (N,S,S) or (N,S,S,3)")
+    t.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.quiet:
+        os.environ["DTN_QUIET"] = "1"
+    try:
+        return args.fn(args)
+    except DtnError as exc:
+        if args.debug:
+            raise
+        print(f"dtn: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dtn: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""Each DTN loss against a hand computation on tiny tensors (DESIGN.md §1), plus basic properties."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from dtn import losses
+
+
+def _nll(logits: torch.Tensor, cls: int) -> float:
+    """-mean_n log softmax(logits_n)[cls], written out with exp/log."""
+    total = 0.0
+    for row in logits.tolist():
+        z = sum(math.exp(v) for v in row)
+        total += -math.log(math.exp(row[cls]) / z)
+    return total / len(logits)
+
+
+@pytest.fixture
+def logits3():
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(4, 3, generator=g) for _ in range(3)]
+
+
+@pytest.fixture
+def logits2():
+    g = torch.Generator().manual_seed(1)
+    return [torch.randn(4, 2, generator=g) for _ in range(3)]
+
+
+def test_class_indices():
+    assert (losses.G_OF_SOURCE, losses.G_OF_TARGET, losses.REAL) == (0, 1, 2)
+
+
+def test_ternary_d_loss(logits3):
+    gs, gt, real = logits3
+    expected = _nll(gs, 0) + _nll(gt, 1) + _nll(real, 2)
+    assert losses.ternary_d_loss(gs, gt, real).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_ternary_d_loss_known_value():
+    # uniform logits: each term is log 3
+    z = torch.zeros(2, 3)
+    assert losses.ternary_d_loss(z, z, z).item() == pytest.approx(3 * math.log(3), rel=1e-6)
+
+
+def test_ternary_g_loss(logits3):
+    gs, gt, _ = logits3
+    expected = _nll(gs, 2) + _nll(gt, 2)
+    assert losses.ternary_g_loss(gs, gt).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_ternary_losses_respond_to_the_right_class():
+    big = 20.0
+    # D perfectly right: G(s) -> class 0, G(t) -> class 1, real -> class 2
+    gs = torch.tensor([[big, 0.0, 0.0]])
+    gt = torch.tensor([[0.0, big, 0.0]])
+    real = torch.tensor([[0.0, 0.0, big]])
+    assert losses.ternary_d_loss(gs, gt, real).item() < 1e-6
+    # ... so the generator is badly off
+    assert losses.ternary_g_loss(gs, gt).item() > 2 * big - 1
+    # G fooling D: both fakes classified as real
+    assert losses.ternary_g_loss(real, real).item() < 1e-6
+
+
+def test_binary_d_loss(logits2):
+    gs, gt, real = logits2
+    expected = _nll(gs, 0) + _nll(gt, 0) + _nll(real, 1)
+    assert losses.binary_d_loss(gs, gt, real).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_binary_g_loss(logits2):
+    gs, gt, _ = logits2
+    expected = _nll(gs, 1) + _nll(gt, 1)
+    assert losses.binary_g_loss(gs, gt).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_losses_accept_bf16_logits(logits3):
+    gs, gt, real = logits3
+    out = losses.ternary_d_loss(gs.bfloat16(), gt.bfloat16(), real.bfloat16())
+    assert out.dtype == torch.float32
+
+
+# ----------------------------------------------------------------------------- L_CONST
+
+A = torch.tensor([[1.0, 2.0, 2.0], [0.0, 3.0, 4.0]])
+B = torch.tensor([[1.0, 0.0, 2.0], [0.0, -3.0, 4.0]])
+
+
+def _mse(a, b):
+    return sum((x - y) ** 2 for ra, rb in zip(a.tolist(), b.tolist()) for x, y in zip(ra, rb)) / a.numel()
+
+
+def _cos_dist(a, b):
+    out = []
+    for ra, rb in zip(a.tolist(), b.tolist()):
+        dot = sum(x * y for x, y in zip(ra, rb))
+        na = math.sqrt(sum(x * x for x in ra))
+        nb = math.sqrt(sum(y * y for y in rb))
+        out.append(1 - dot / (na * nb))
+    return sum(out) / len(out)
+
+
+def test_const_loss_mse_by_hand():
+    # row 0: diff (0, 2, 0) -> 4; row 1: diff (0, 6, 0) -> 36; mean over 6 entries
+    assert _mse(A, B) == pytest.approx(40 / 6)
+    assert losses.const_loss(A, B, "mse").item() == pytest.approx(40 / 6, rel=1e-6)
+    assert losses.const_loss(A, B).item() == pytest.approx(40 / 6, rel=1e-6)  # mse is the default
+
+
+def test_const_loss_mse_scale_divides_codes():
+    # dividing both codes by s divides the MSE by s^2
+    assert losses.const_loss(A, B, "mse", scale=2.0).item() == pytest.approx(40 / 6 / 4, rel=1e-6)
+
+
+def test_const_loss_cosine_by_hand():
+    # row 0: a.b = 1 + 0 + 4 = 5, |a| = 3, |b| = sqrt 5;  row 1: a.b = -9 + 16 = 7, |a| = |b| = 5
+    expected = ((1 - 5 / (3 * math.sqrt(5))) + (1 - 7 / 25)) / 2
+    assert _cos_dist(A, B) == pytest.approx(expected)
+    assert losses.const_loss(A, B, "cosine").item() == pytest.approx(expected, rel=1e-6)
+    # cosine is scale-invariant
+    assert losses.const_loss(A, B, "cosine", scale=7.0).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_const_loss_mse_plus_cosine():
+    for scale in (1.0, 3.0):
+        expected = _mse(A / scale, B / scale) + _cos_dist(A, B)
+        assert losses.const_loss(A, B, "mse+cosine", scale=scale).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_const_loss_unknown_distance_raises():
+    with pytest.raises(ValueError, match="unknown L_CONST distance"):
+        losses.const_loss(A, B, "l1")
+    with pytest.raises(ValueError, match="mse"):
+        losses.const_loss(A, B, "ce")  # ce is a separate function: const_ce_loss
+
+
+@pytest.mark.parametrize("distance", ["mse", "cosine", "mse+cosine"])
+def test_const_loss_zero_for_equal_codes(distance):
+    code = torch.randn(5, 16, generator=torch.Generator().manual_seed(2))
+    assert losses.const_loss(code, code.clone(), distance).item() == pytest.approx(0.0, abs=1e-6)
+    assert losses.const_loss(code, code.clone(), distance, scale=4.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("distance", ["mse", "cosine", "mse+cosine"])
+def test_const_loss_nonnegative(distance):
+    g = torch.Generator().manual_seed(3)
+    for _ in range(5):
+        a, b = torch.randn(4, 8, generator=g), torch.randn(4, 8, generator=g)
+        assert losses.const_loss(a, b, distance).item() >= 0
+
+
+def test_const_ce_loss_by_hand():
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]])
+    labels = torch.tensor([0, 2])
+    z0 = math.exp(2) + 1 + math.exp(-1)
+    z1 = 2 * math.exp(0.5) + math.exp(3)
+    expected = (-math.log(math.exp(2) / z0) - math.log(math.exp(3) / z1)) / 2
+    assert losses.const_ce_loss(logits, labels).item() == pytest.approx(expected, rel=1e-6)
+    assert losses.const_ce_loss(logits, labels).item() >= 0
+
+
+# ----------------------------------------------------------------------------- L_TID
+
+def test_tid_loss_by_hand():
+    t = torch.tensor([[[[1.0, -1.0], [0.0, 0.5]]]])
+    gt = torch.tensor([[[[0.0, -1.0], [1.0, 0.5]]]])
+    # squared errors 1, 0, 1, 0 -> mean 0.5
+    assert losses.tid_loss(t, gt).item() == pytest.approx(0.5)
+    assert losses.tid_loss(t, t).item() == 0.0
+    assert losses.tid_loss(t, gt).item() >= 0
+
+
+# ----------------------------------------------------------------------------- L_TV
+
+def _tv_loop(z: torch.Tensor, power: float) -> float:
+    """DESIGN §1 literally: sum_ij ((z[i,j+1]-z[i,j])^2 + (z[i+1,j]-z[i,j])^2)^(B/2) per image
+    (i, j over the pixels that have both neighbours), averaged over batch and channels."""
+    n, c, h, w = z.shape
+    totals = []
+    for b in range(n):
+        for ch in range(c):
+            s = 0.0
+            for i in range(h - 1):
+                for j in range(w - 1):
+                    dx = float(z[b, ch, i, j + 1] - z[b, ch, i, j])
+                    dy = float(z[b, ch, i + 1, j] - z[b, ch, i, j])
+                    s += (dx * dx + dy * dy) ** (power / 2)
+            totals.append(s)
+    return sum(totals) / len(totals)
+
+
+@pytest.mark.parametrize("power", [1.0, 2.0])
+def test_tv_loss_matches_double_loop(power):
+    z = torch.randn(3, 2, 5, 6, generator=torch.Generator().manual_seed(4))
+    assert losses.tv_loss(z, power).item() == pytest.approx(_tv_loop(z, power), rel=1e-5)
+
+
+def test_tv_loss_small_hand_example():
+    z = torch.tensor([[[[0.0, 3.0], [4.0, 0.0]]]])
+    # one (i, j) = (0, 0): dx = 3, dy = 4 -> sqrt(25) = 5 for B = 1, 25 for B = 2
+    assert losses.tv_loss(z, 1.0).item() == pytest.approx(5.0, rel=1e-6)
+    assert losses.tv_loss(z, 2.0).item() == pytest.approx(25.0, rel=1e-6)
+    assert losses.tv_loss(z).item() == pytest.approx(5.0, rel=1e-6)  # B = 1 is the default
+
+
+@pytest.mark.parametrize("power", [1.0, 2.0])
+def test_tv_loss_constant_image_is_zero(power):
+    z = torch.full((2, 1, 8, 8), 0.3)
+    assert losses.tv_loss(z, power).item() == pytest.approx(0.0, abs=1e-3)
+
+
+@pytest.mark.parametrize("power", [1.0, 2.0])
+def test_tv_loss_nonnegative_and_finite_grad(power):
+    z = torch.randn(2, 1, 6, 6, generator=torch.Generator().manual_seed(5))
+    z[0] = 0.0  # flat image: sqrt(0) must not give an infinite/NaN gradient
+    z.requires_grad_(True)
+    out = losses.tv_loss(z, power)
+    assert out.item() >= 0
+    out.backward()
+    assert torch.isfinite(z.grad).all()

@@ -1,0 +1,536 @@
+"""The Trainer's wiring (DESIGN.md §1): which loss updates which parameters, and every config option.
+
+Everything runs the `tiny` preset on random uint8 domains on the CPU; each test takes well under a second.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from dtn import losses
+from dtn.config import apply_overrides, preset
+from dtn.domain import Domain
+from dtn.nets import Encoder, init_weights
+from dtn.rundir import RunDir
+from dtn.train import Trainer, code_rms
+
+CPU = torch.device("cpu")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def make_cfg(**overrides):
+    """The tiny preset, fp32, no warm-up (so the GAN terms are active from step 0) unless overridden."""
+    base = {"train.device": "cpu", "train.warmup_steps": 0, "train.precision": "fp32"}
+    base.update({k.replace("__", "."): v for k, v in overrides.items()})
+    return apply_overrides(preset("tiny"), base)
+
+
+def make_domains(seed: int = 0, n: int = 24):
+    g = torch.Generator().manual_seed(seed)
+    src_images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    src_labels = torch.randint(0, 10, (n,), generator=g)
+    tgt_images = torch.randint(0, 256, (n, 1, 32, 32), dtype=torch.uint8, generator=g)
+    source = Domain(src_images, src_labels, "random-source", "train")
+    target = Domain(tgt_images, torch.full((n,), -1, dtype=torch.long), "random-target", "train")
+    return source, target
+
+
+def make_f(cfg, seed: int = 0) -> Encoder:
+    """A stand-in for a pretrained f: deterministic random weights with non-trivial BN running stats."""
+    torch.manual_seed(seed)
+    f = Encoder(cfg.nets)
+    init_weights(f)
+    with torch.no_grad():  # give BN some running statistics, as pretraining would
+        f.train()
+        f(torch.rand(16, 3, 32, 32) * 2 - 1)
+    return f.eval()
+
+
+def make_trainer(cfg=None, seed: int = 0, f: Encoder | None = None, **overrides) -> Trainer:
+    cfg = cfg or make_cfg(**overrides)
+    source, target = make_domains()
+    f = f if f is not None else make_f(cfg, seed)
+    torch.manual_seed(seed)
+    return Trainer(cfg, f, source, target, CPU)
+
+
+def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def params_snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.named_parameters()}
+
+
+def all_equal(module: nn.Module, snap: dict[str, torch.Tensor], params_only: bool = True) -> bool:
+    now = dict(module.named_parameters()) if params_only else module.state_dict()
+    return all(torch.equal(now[k].detach(), v) for k, v in snap.items())
+
+
+def changed_params(module: nn.Module, snap: dict[str, torch.Tensor]) -> list[str]:
+    return [k for k, p in module.named_parameters() if not torch.equal(p.detach(), snap[k])]
+
+
+class StepCounter:
+    """Counts optimizer.step() calls through the optimizer's post-step hook."""
+
+    def __init__(self, opt: torch.optim.Optimizer) -> None:
+        self.n = 0
+        opt.register_step_post_hook(self._hook)
+
+    def _hook(self, *_args) -> None:
+        self.n += 1
+
+
+class Spy:
+    """Wraps a function in the `losses` module (as train.py calls it) and records the calls."""
+
+    def __init__(self, monkeypatch, name: str) -> None:
+        self.calls: list[tuple] = []
+        original = getattr(losses, name)
+
+        def wrapper(*args, **kwargs):
+            self.calls.append((args, kwargs))
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(losses, name, wrapper)
+
+
+def finite(out) -> bool:
+    return all(math.isfinite(v) for v in out.items().values())
+
+
+# ----------------------------------------------------------------------------- which loss updates what
+
+def test_g_update_changes_only_g():
+    t = make_trainer()
+    f0, d0, g0 = params_snapshot(t.f), params_snapshot(t.d), params_snapshot(t.g)
+    parts, fakes = t.g_update()
+    assert all_equal(t.f, f0), "L_G must not update f (frozen by default)"
+    assert all_equal(t.d, d0), "L_G must not update D"
+    assert all(p.grad is None for p in t.f.parameters()), "frozen f must get no .grad"
+    assert all(p.grad is None for p in t.d.parameters()), "L_G must not leave grads on D"
+    assert changed_params(t.g, g0) == list(g0), "every parameter of g should move after one Adam step"
+    assert all(p.requires_grad for p in t.d.parameters()), "D must be trainable again after the G update"
+    assert not any(p.requires_grad for p in t.f.parameters())
+    assert {"const", "tid", "gang", "g_total"} <= set(parts)
+    assert not fakes[0].requires_grad and not fakes[1].requires_grad
+
+
+def test_g_optimizer_holds_only_g_when_f_frozen():
+    t = make_trainer()
+    in_opt = {id(p) for group in t.opt_g.param_groups for p in group["params"]}
+    assert in_opt == {id(p) for p in t.g.parameters()}
+    assert {id(p) for group in t.opt_d.param_groups for p in group["params"]} == {id(p) for p in t.d.parameters()}
+
+
+@pytest.mark.parametrize("reuse_fakes", [False, True])
+def test_d_update_changes_only_d(reuse_fakes):
+    t = make_trainer()
+    fakes = None
+    if reuse_fakes:
+        _, fakes = t.g_update()
+        for p in t.g.parameters():
+            p.grad = None
+    f0, d0, g0 = params_snapshot(t.f), params_snapshot(t.d), params_snapshot(t.g)
+    loss = t.d_update(fakes)
+    assert loss is not None and math.isfinite(loss.item())
+    assert all_equal(t.g, g0), "L_D must not update g"
+    assert all_equal(t.f, f0), "L_D must not update f"
+    assert all(p.grad is None for p in t.g.parameters()), "L_D must not put grads on g"
+    assert all(p.grad is None for p in t.f.parameters())
+    assert changed_params(t.d, d0) == list(d0), "every parameter of D should move after one Adam step"
+
+
+def test_d_loss_detaches_generated_images():
+    t = make_trainer()
+    xs, _, xt = t.sample()
+    gs, gt = t.g(t.f(xs)), t.g(t.f(xt))
+    assert gs.requires_grad and gt.requires_grad  # the fakes are attached to g here ...
+    loss = t.d_loss(gs, gt, xt)
+    loss.backward()
+    assert all(p.grad is None for p in t.g.parameters()), "... and L_D must not reach g through them"
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in t.d.parameters())
+
+
+def test_const_backpropagates_through_frozen_f_into_g():
+    """f(G(x)) in L_CONST carries gradient into g although f itself is frozen."""
+    t = make_trainer(loss__alpha=1.0, loss__beta=0.0, loss__gan=False)
+    xs, ys, xt = t.sample()
+    total, parts, _ = t.g_loss(xs, ys, xt)
+    assert set(parts) == {"const", "tid"}
+    total.backward()
+    for name, p in t.g.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"L_CONST gave no gradient to g.{name}"
+    assert all(p.grad is None for p in t.f.parameters())
+
+
+def test_const_alone_trains_g():
+    t = make_trainer(loss__alpha=1.0, loss__beta=0.0, loss__gan=False)
+    g0, f0 = params_snapshot(t.g), params_snapshot(t.f)
+    t.g_update()
+    assert changed_params(t.g, g0)
+    assert all_equal(t.f, f0)
+
+
+def test_zero_weights_give_no_gradient():
+    """Control for the test above: with alpha = beta = 0 and no GAN there is nothing to learn from."""
+    t = make_trainer(loss__alpha=0.0, loss__beta=0.0, loss__gan=False)
+    xs, ys, xt = t.sample()
+    total, _, _ = t.g_loss(xs, ys, xt)
+    total.backward()
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in t.g.parameters())
+
+
+def test_frozen_f_stays_in_eval_mode():
+    t = make_trainer()
+    assert not t.f.training
+    buffers0 = snapshot(t.f)
+    for _ in range(2):
+        t.train_step()
+    assert not t.f.training
+    assert all_equal(t.f, buffers0, params_only=False), "BN running stats of a frozen f must not move"
+
+
+def test_tid_uses_target_images(monkeypatch):
+    spy = Spy(monkeypatch, "tid_loss")
+    t = make_trainer(loss__gan=False)
+    xs, ys, xt = t.sample()
+    _, _, (gs, gt) = t.g_loss(xs, ys, xt)
+    (args, _kw), = spy.calls
+    assert torch.equal(args[0], xt) and torch.equal(args[1], gt)
+
+
+def test_g_total_combines_weighted_terms():
+    t = make_trainer(loss__alpha=2.0, loss__beta=3.0, loss__gamma=0.5)
+    out = t.train_step().items()
+    expected = 2.0 * out["const"] + 3.0 * out["tid"] + 0.5 * out["tv"] + out["gang"]
+    assert out["g_total"] == pytest.approx(expected, rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- options
+
+@pytest.mark.parametrize("distance", ["mse", "cosine", "mse+cosine"])
+def test_const_distance(monkeypatch, distance):
+    spy = Spy(monkeypatch, "const_loss")
+    t = make_trainer(loss__const_distance=distance)
+    out = t.train_step()
+    assert finite(out)
+    (args, _kw), = spy.calls
+    code_x, code_gx, used_distance, scale = args
+    assert used_distance == distance
+    assert scale == pytest.approx(float(t.code_scale))
+    assert not code_x.requires_grad, "f(x) is a fixed target when f is frozen"
+    assert code_gx.requires_grad, "f(G(x)) must carry gradient to g"
+
+
+def test_const_distance_ce_uses_source_labels(monkeypatch):
+    spy_mse = Spy(monkeypatch, "const_loss")
+    spy_ce = Spy(monkeypatch, "const_ce_loss")
+    t = make_trainer(loss__const_distance="ce")
+    sampled = []
+    original_sample = t.sample
+
+    def sample():
+        batch = original_sample()
+        sampled.append(batch)
+        return batch
+
+    t.sample = sample
+    out = t.train_step()
+    assert finite(out)
+    assert not spy_mse.calls
+    (args, _kw), = spy_ce.calls
+    logits, labels = args
+    assert logits.shape == (t.cfg.train.batch_size, t.cfg.nets.num_classes)
+    assert logits.requires_grad
+    assert torch.equal(labels, sampled[0][1]), "ce must compare f's head on G(x) with x's label"
+
+
+def test_const_ce_trains_g_not_f():
+    t = make_trainer(loss__const_distance="ce", loss__beta=0.0, loss__gan=False)
+    g0, f0 = params_snapshot(t.g), params_snapshot(t.f)
+    t.g_update()
+    assert changed_params(t.g, g0)
+    assert all_equal(t.f, f0)
+    assert all(p.grad is None for p in t.f.parameters())
+
+
+def test_binary_discriminator(monkeypatch):
+    spies = {n: Spy(monkeypatch, n) for n in ("binary_d_loss", "binary_g_loss", "ternary_d_loss", "ternary_g_loss")}
+    t = make_trainer(loss__discriminator="binary", nets__d_classes=2)
+    assert t.d(torch.zeros(4, 1, 32, 32)).shape == (4, 2)
+    out = t.train_step()
+    assert {"gang", "d"} <= set(out.values) and finite(out)
+    assert len(spies["binary_d_loss"].calls) == 1 and len(spies["binary_g_loss"].calls) == 1
+    assert not spies["ternary_d_loss"].calls and not spies["ternary_g_loss"].calls
+
+
+def test_ternary_discriminator_is_default(monkeypatch):
+    spies = {n: Spy(monkeypatch, n) for n in ("binary_d_loss", "ternary_d_loss")}
+    t = make_trainer()
+    assert t.d(torch.zeros(4, 1, 32, 32)).shape == (4, 3)
+    t.train_step()
+    assert len(spies["ternary_d_loss"].calls) == 1 and not spies["binary_d_loss"].calls
+
+
+def test_f_trainable_updates_f():
+    t = make_trainer(train__f_trainable=True)
+    assert t.f.training
+    f0, d0 = params_snapshot(t.f), params_snapshot(t.d)
+    t.g_update()
+    assert changed_params(t.f, f0), "with f_trainable, L_G must update f"
+    assert all_equal(t.d, d0)
+    in_opt = {id(p) for group in t.opt_g.param_groups for p in group["params"]}
+    assert {id(p) for p in t.f.parameters()} <= in_opt
+
+
+def test_f_mode_random_keeps_f_frozen():
+    cfg = make_cfg(train__f_mode="random")
+    f = make_f(cfg, seed=5)
+    given = snapshot(f)
+    t = make_trainer(cfg, f=f)
+    assert all_equal(t.f, given, params_only=False), "random f is used as given (not re-initialised)"
+    assert not t.f.training and not any(p.requires_grad for p in t.f.parameters())
+    for _ in range(2):
+        out = t.train_step()
+    assert finite(out)
+    assert all_equal(t.f, given, params_only=False)
+    assert all(p.grad is None for p in t.f.parameters())
+
+
+def test_f_mode_joint_trains_f_from_scratch():
+    cfg = make_cfg(train__f_mode="joint")
+    f = make_f(cfg, seed=5)
+    given = params_snapshot(f)
+    t = make_trainer(cfg, f=f)
+    assert changed_params(t.f, given), "joint mode re-initialises f (G without a pretrained f)"
+    assert t.f.training and all(p.requires_grad for p in t.f.parameters())
+    f0 = params_snapshot(t.f)
+    out = t.train_step()
+    assert finite(out)
+    assert changed_params(t.f, f0), "joint mode trains f with g"
+
+
+def test_gan_off():
+    t = make_trainer(loss__gan=False)
+    d0, d_buffers = params_snapshot(t.d), snapshot(t.d)
+    counter = StepCounter(t.opt_d)
+    for _ in range(3):
+        out = t.train_step()
+        assert "gang" not in out.values and "d" not in out.values
+    assert counter.n == 0
+    assert all_equal(t.d, d0)
+    assert all_equal(t.d, d_buffers, params_only=False), "without a GAN, D is never even run"
+
+
+@pytest.mark.parametrize("d_steps,g_steps", [(2, 3), (1, 1), (0, 2)])
+def test_update_ratios(d_steps, g_steps):
+    t = make_trainer(train__d_steps=d_steps, train__g_steps=g_steps)
+    cg, cd = StepCounter(t.opt_g), StepCounter(t.opt_d)
+    for _ in range(2):
+        t.train_step()
+    assert (cg.n, cd.n) == (2 * g_steps, 2 * d_steps)
+    p = next(t.g.parameters())
+    assert int(t.opt_g.state[p]["step"]) == 2 * g_steps
+    if d_steps:
+        q = next(t.d.parameters())
+        assert int(t.opt_d.state[q]["step"]) == 2 * d_steps
+    assert t.step == 2
+
+
+def test_d_loss_floor_skips_d_updates():
+    t = make_trainer(train__d_loss_floor=100.0)  # L_D (about 3 log 3 here) is always below this floor
+    cd = StepCounter(t.opt_d)
+    seen = []
+    for _ in range(4):
+        out = t.train_step()
+        seen.append("d" in out.values)
+    # measured -> below the floor -> skipped once (and re-measured next time) -> ...
+    assert seen == [True, False, True, False]
+    assert cd.n == 2
+
+
+def test_d_loss_floor_below_loss_never_skips():
+    t = make_trainer(train__d_loss_floor=1e-3)
+    cd = StepCounter(t.opt_d)
+    for _ in range(3):
+        assert "d" in t.train_step().values
+    assert cd.n == 3
+
+
+def test_sgd_step_follows_formula():
+    t = make_trainer(optim__optimizer="sgd", optim__lr_g=0.05, optim__lr_d=0.02, optim__weight_decay=0.1,
+                     optim__momentum=0.9)
+    assert isinstance(t.opt_g, torch.optim.SGD) and isinstance(t.opt_d, torch.optim.SGD)
+    t._set_lr()
+    assert t.opt_g.param_groups[0]["lr"] == pytest.approx(0.05)
+    assert t.opt_d.param_groups[0]["lr"] == pytest.approx(0.02)
+    assert t.opt_g.param_groups[0]["momentum"] == 0.9
+    g0 = params_snapshot(t.g)
+    t.g_update()
+    for name, p in t.g.named_parameters():
+        # first SGD step: the momentum buffer is the (decayed) gradient itself
+        expected = g0[name] - 0.05 * (p.grad + 0.1 * g0[name])
+        torch.testing.assert_close(p.detach(), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_adam_betas_lr_and_weight_decay():
+    t = make_trainer(optim__lr_g=1e-3, optim__lr_d=5e-4, optim__beta1=0.7, optim__beta2=0.95,
+                     optim__weight_decay=0.01)
+    assert isinstance(t.opt_g, torch.optim.Adam)
+    for opt, lr in ((t.opt_g, 1e-3), (t.opt_d, 5e-4)):
+        group = opt.param_groups[0]
+        assert group["lr"] == pytest.approx(lr)
+        assert group["betas"] == (0.7, 0.95)
+        assert group["weight_decay"] == 0.01
+    g0 = params_snapshot(t.g)
+    t.g_update()
+    for name, p in t.g.named_parameters():
+        grad = p.grad + 0.01 * g0[name]
+        state = t.opt_g.state[p]
+        torch.testing.assert_close(state["exp_avg"], (1 - 0.7) * grad)
+        torch.testing.assert_close(state["exp_avg_sq"], (1 - 0.95) * grad * grad)
+        # first Adam step moves each weight by lr * m_hat / (sqrt(v_hat) + eps) = lr * g / (|g| + eps)
+        step = 1e-3 * grad / (grad.abs() + 1e-8)
+        torch.testing.assert_close(p.detach(), g0[name] - step, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "linear"])
+def test_lr_schedule(schedule):
+    total = 4
+    t = make_trainer(optim__schedule=schedule, optim__lr_g=1e-3, optim__lr_d=4e-4, train__steps=total,
+                     loss__gan=False)
+    formula = {"constant": lambda k: 1.0,
+               "cosine": lambda k: 0.5 * (1 + math.cos(math.pi * k / total)),
+               "linear": lambda k: 1 - k / total}[schedule]
+    for k in range(total):
+        t.train_step()  # step k uses the lr of step k
+        assert t.opt_g.param_groups[0]["lr"] == pytest.approx(1e-3 * formula(k)), k
+        assert t.opt_d.param_groups[0]["lr"] == pytest.approx(4e-4 * formula(k)), k
+    assert t._lr_factor(total) == pytest.approx(formula(total), abs=1e-12)
+    assert t._lr_factor(10 * total) == pytest.approx(formula(total), abs=1e-12)  # no rebound after the end
+
+
+def test_leaky_slope_zero_uses_relu():
+    t = make_trainer(nets__leaky_slope=0.0)
+    kinds = {type(m) for m in t.d.modules()}
+    assert nn.ReLU in kinds and nn.LeakyReLU not in kinds
+    assert finite(t.train_step())
+    default = make_trainer()
+    slopes = {m.negative_slope for m in default.d.modules() if isinstance(m, nn.LeakyReLU)}
+    assert slopes == {0.2}
+
+
+def test_d_downsample_maxpool():
+    t = make_trainer(nets__d_downsample="maxpool")
+    pools = [m for m in t.d.modules() if isinstance(m, nn.MaxPool2d)]
+    assert len(pools) == 3  # one per block at 32 px
+    convs = [m for m in t.d.modules() if isinstance(m, nn.Conv2d)]
+    assert all(c.stride == (1, 1) for c in convs)
+    assert t.d(torch.zeros(5, 1, 32, 32)).shape == (5, 3)
+    assert finite(t.train_step())
+    default = make_trainer()
+    assert not any(isinstance(m, nn.MaxPool2d) for m in default.d.modules())
+
+
+def test_warmup_has_no_gan():
+    t = make_trainer(train__warmup_steps=2)
+    cd = StepCounter(t.opt_d)
+    d0 = params_snapshot(t.d)
+    for _ in range(2):
+        assert t.in_warmup and not t.gan_active
+        out = t.train_step()
+        assert "gang" not in out.values and "d" not in out.values
+    assert cd.n == 0 and all_equal(t.d, d0)
+    assert not t.in_warmup
+    out = t.train_step()
+    assert {"gang", "d"} <= set(out.values)
+    assert cd.n == 1 and changed_params(t.d, d0)
+
+
+@pytest.mark.parametrize("precision,dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+def test_precision(precision, dtype):
+    t = make_trainer(train__precision=precision)
+    out = t.train_step()
+    assert finite(out)
+    assert all(v.dtype == torch.float32 for v in out.values.values()), "losses are computed in fp32"
+    _, (gs, gt, _xt) = t.g_update()
+    assert gs.dtype == dtype and gt.dtype == dtype
+    assert all(p.dtype == torch.float32 for p in t.g.parameters()), "weights stay fp32 under autocast"
+    assert t.transfer(torch.zeros(2, 3, 32, 32)).dtype == torch.float32
+
+
+def test_gamma_adds_tv(monkeypatch):
+    spy = Spy(monkeypatch, "tv_loss")
+    assert "tv" not in make_trainer().train_step().values
+    assert not spy.calls
+    t = make_trainer(loss__gamma=0.05, loss__tv_power=2.0)
+    out = t.train_step()
+    assert "tv" in out.values and out.items()["tv"] >= 0
+    (args, _kw), = spy.calls
+    images, power = args
+    assert images.shape == (2 * t.cfg.train.batch_size, 1, 32, 32) and power == 2.0
+
+
+def test_code_scale():
+    t = make_trainer(loss__code_scale="rms")
+    expected = code_rms(t.f, t.source)
+    assert float(t.code_scale) == pytest.approx(expected)
+    assert expected != pytest.approx(1.0)
+    assert float(make_trainer(loss__code_scale="none").code_scale) == 1.0
+
+
+def test_channels_last_option():
+    t = make_trainer(train__channels_last=False)
+    assert finite(t.train_step())
+    xs, _, _ = t.sample()
+    assert xs.is_contiguous()
+
+
+def test_transfer_restores_modes():
+    t = make_trainer(train__f_trainable=True)
+    out = t.transfer(torch.zeros(3, 3, 32, 32))
+    assert out.shape == (3, 1, 32, 32) and out.abs().max() <= 1
+    assert t.g.training and t.f.training
+
+
+# ----------------------------------------------------------------------------- exact resume
+
+def _run(trainer: Trainer, steps: int) -> list[dict[str, torch.Tensor]]:
+    return [trainer.train_step().values for _ in range(steps)]
+
+
+def test_exact_resume(tmp_path):
+    cfg = make_cfg(train__steps=6, train__warmup_steps=1, optim__schedule="cosine", train__g_steps=2,
+                   train__d_steps=2)
+    straight = make_trainer(cfg, seed=0)
+    full = _run(straight, 6)
+
+    first = make_trainer(cfg, seed=0)
+    head = _run(first, 3)
+    for a, b in zip(head, full[:3]):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    run = RunDir.create(tmp_path / "run", cfg)
+    run.save_checkpoint(first)
+    del first
+
+    torch.manual_seed(1234)  # the fresh trainer starts from different weights and a different RNG
+    fresh = make_trainer(cfg, seed=99)
+    assert not torch.equal(next(fresh.g.parameters()), next(straight.g.parameters()))
+    assert run.load_checkpoint(fresh) == 3
+    tail = _run(fresh, 3)
+    for step, (a, b) in enumerate(zip(tail, full[3:]), start=4):
+        assert a.keys() == b.keys(), step
+        for k in a:
+            assert torch.equal(a[k], b[k]), f"step {step}: {k} differs after resume ({a[k]} vs {b[k]})"
+    for name in ("f", "g", "d"):
+        want, got = getattr(straight, name).state_dict(), getattr(fresh, name).state_dict()
+        for k in want:
+            assert torch.equal(want[k], got[k]), f"{name}.{k} differs after resume"
+    assert fresh.step == straight.step == 6
+    assert torch.equal(fresh.generator.get_state(), straight.generator.get_state())
