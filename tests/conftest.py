@@ -5,6 +5,11 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+
+# The tests use tiny tensors: extra intra-op threads only add overhead, and on a machine whose cores
+# are busy (a training run beside the tests) OpenMP oversubscription makes them 5-10x slower.
+torch.set_num_threads(int(os.environ.get("DTN_TEST_THREADS", "1")))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Read before any fixture runs: the autouse fixture below removes DTN_DATA_DIR from the environment

@@ -134,7 +134,20 @@ def cmd_run(args) -> int:
             print(f"# {key} = {value!r} (default {default!r})")
         return 0
     name = args.name or cfg.name
-    run_dtn(cfg, Path(args.runs_dir), name, resume=args.resume)
+    run_dtn(cfg, Path(args.runs_dir), name, resume=args.resume, until=args.until)
+    return 0
+
+
+def cmd_ablate(args) -> int:
+    from .ablation import ABLATIONS, PAPER_ROWS, run_ablations
+
+    cfg = _config(args)
+    names = args.rows.split(",") if args.rows else (list(PAPER_ROWS) if args.paper_only else list(ABLATIONS))
+    out = Path(args.out) if args.out else None
+    command = "dtn " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("dtn") else "dtn ablate"
+    results = run_ablations(cfg, names, Path(args.runs_dir), out, command)
+    for name, res in results.items():
+        print(f"{name:18s} {100 * res['transfer_accuracy']:6.2f} %")
     return 0
 
 
@@ -155,6 +168,20 @@ def cmd_transfer(args) -> int:
 
 
 # ----------------------------------------------------------------------------- parser
+def _run_args(r: argparse.ArgumentParser, presets) -> None:
+    r.add_argument("preset", nargs="?", default="digits", help=f"one of {', '.join(presets)} (default digits)")
+    r.add_argument("--runs-dir", default="runs", help="parent of run directories (default runs/)")
+    r.add_argument("--name", help="run directory name (default: the preset's name)")
+    r.add_argument("--config", help="TOML file overriding the preset")
+    r.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one config value")
+    r.add_argument("--steps", type=int, help="shorthand for --set train.steps=N")
+    r.add_argument("--seed", type=int, help="shorthand for --set train.seed=N")
+    r.add_argument("--device", help="cpu, cuda, cuda:N (default auto)")
+    r.add_argument("--data-dir", help="folder holding dataset folders (default $DTN_DATA_DIR)")
+    r.add_argument("--resume", action="store_true", help="continue the run in --runs-dir/--name")
+    r.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .config import PRESETS
 
@@ -185,17 +212,30 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="pretrain f, train the DTN, evaluate: one command",
                        description="Run a preset end to end. Presets: " + ", ".join(PRESETS))
     r.set_defaults(fn=cmd_run)
-    r.add_argument("preset", nargs="?", default="digits", help=f"one of {', '.join(PRESETS)} (default digits)")
-    r.add_argument("--runs-dir", default="runs", help="parent of run directories (default runs/)")
-    r.add_argument("--name", help="run directory name (default: the preset's name)")
-    r.add_argument("--config", help="TOML file overriding the preset")
-    r.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one config value")
-    r.add_argument("--steps", type=int, help="shorthand for --set train.steps=N")
-    r.add_argument("--seed", type=int, help="shorthand for --set train.seed=N")
-    r.add_argument("--device", help="cpu, cuda, cuda:N (default auto)")
-    r.add_argument("--data-dir", help="folder holding dataset folders (default $DTN_DATA_DIR)")
-    r.add_argument("--resume", action="store_true", help="continue the run in --runs-dir/--name")
-    r.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    _run_args(r, PRESETS)
+
+    for cmd, until, helptext in (("pretrain", "pretrain", "pretrain f (and the evaluation classifier) into a run dir"),
+                                 ("train", "train", "pretrain if needed, then train the DTN (no final evaluation)")):
+        q = sub.add_parser(cmd, help=helptext, description=helptext)
+        q.set_defaults(fn=cmd_run, until=until)
+        _run_args(q, PRESETS)
+    r.set_defaults(until="evaluate")
+
+    a = sub.add_parser("ablate", help="the paper's Table 1 ablations: one run per row, then a table",
+                       description="Rows: full, no-tid, no-const, g-without-f, no-gan, no-const-no-tid, "
+                       "no-pretraining, cosine, mse+cosine, ce (uses source labels), binary-d.")
+    a.set_defaults(fn=cmd_ablate, name=None, resume=False, dry_run=False)
+    a.add_argument("preset", nargs="?", default="digits")
+    a.add_argument("--rows", help="comma-separated rows (default: all)")
+    a.add_argument("--paper-only", action="store_true", help="only the six rows of the paper's Table 1")
+    a.add_argument("--out", help="write OUT.md and OUT.json (e.g. bench/results/ablation_digits)")
+    a.add_argument("--runs-dir", default="runs")
+    a.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
+    a.add_argument("--steps", type=int)
+    a.add_argument("--seed", type=int)
+    a.add_argument("--device")
+    a.add_argument("--data-dir")
+    a.add_argument("--config")
 
     e = sub.add_parser("evaluate", help="transfer accuracy, f-consistency and FLD of a run's checkpoint")
     e.set_defaults(fn=cmd_evaluate)

@@ -22,17 +22,39 @@ from .progress import progress
 from .weights import load_weights, save_weights
 
 
+def _per_image(mask: torch.Tensor) -> torch.Tensor:
+    return mask.view(-1, 1, 1, 1)
+
+
 def augment_source(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Per-image random grey (p 0.5), colour inversion (p 0.3), contrast jitter and shift by up to 2 px."""
-    n = x.shape[0]
-    r = torch.rand(n, 4, generator=generator).to(x.device)
+    """Source-only augmentation that makes f read the digit's shape rather than its colours:
+    random grey (p .6), per-image contrast stretch (p .5), inversion (p .5), thicker or thinner
+    strokes (p .3), blur (p .2), random rotation/scale/shift. Uses no target images."""
+    n, dev = x.shape[0], x.device
+    r = torch.rand(n, 8, generator=generator).to(dev)
     if x.shape[1] == 3:
-        lum = (x * torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
-        x = torch.where((r[:, 0] < 0.5).view(n, 1, 1, 1), lum.expand_as(x), x)
-    x = torch.where((r[:, 1] < 0.3).view(n, 1, 1, 1), -x, x)
-    x = x * (0.6 + 0.8 * r[:, 2]).view(n, 1, 1, 1)
-    shift = torch.randint(-2, 3, (2,), generator=generator).tolist()
-    return torch.roll(x, shifts=shift, dims=(2, 3)).clamp(-1, 1)
+        lum = (x * torch.tensor([0.299, 0.587, 0.114], device=dev).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        x = torch.where(_per_image(r[:, 0] < 0.6), lum.expand_as(x), x)
+    lo = x.amin(dim=(1, 2, 3), keepdim=True)
+    hi = x.amax(dim=(1, 2, 3), keepdim=True)
+    stretched = (x - lo) / (hi - lo).clamp_min(1e-3) * 2 - 1
+    x = torch.where(_per_image(r[:, 1] < 0.5), stretched, x)
+    x = torch.where(_per_image(r[:, 2] < 0.5), -x, x)
+    dilate = F.max_pool2d(x, 3, 1, 1)
+    erode = -F.max_pool2d(-x, 3, 1, 1)
+    x = torch.where(_per_image(r[:, 3] < 0.15), dilate, torch.where(_per_image(r[:, 3] > 0.85), erode, x))
+    blur = F.avg_pool2d(x, 3, 1, 1, count_include_pad=False)
+    x = torch.where(_per_image(r[:, 4] < 0.2), blur, x)
+    angle = (r[:, 5] - 0.5) * 0.5                      # about +-14 degrees
+    scale = 0.85 + 0.3 * r[:, 6]
+    shift = (torch.rand(n, 2, generator=generator).to(dev) - 0.5) * 0.2
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    # pad with each image's border colour (its top-left pixel) rather than black
+    border = x[:, :, :1, :1]
+    x = F.grid_sample(x - border, grid, align_corners=False, padding_mode="zeros") + border
+    return x.clamp(-1, 1)
 
 
 def shift_augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -114,7 +114,9 @@ def fit(trainer: Trainer, run: RunDir, classifier: LeNet, domains: Domains, fixe
             run.save_checkpoint(trainer, t.keep_last)
 
 
-def run_dtn(cfg: Config, runs_dir: Path, name: str, resume: bool = False) -> dict:
+def run_dtn(cfg: Config, runs_dir: Path, name: str, resume: bool = False, until: str = "evaluate") -> dict:
+    """until: "pretrain" (f and the evaluation classifier only), "train" (no final full evaluation)
+    or "evaluate" (everything)."""
     cfg = cfg.validate()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -128,6 +130,9 @@ def run_dtn(cfg: Config, runs_dir: Path, name: str, resume: bool = False) -> dic
         f"{cfg.data.target} {len(domains.target_train)}/{len(domains.target_test)} ({time.time() - t0:.0f}s)")
     classifier = get_classifier(cfg, domains, device)
     f = get_f(cfg, run, domains, device)
+    if until == "pretrain":
+        run.set_status("pretrained")
+        return run.read_json("f.json") if (run.path / "f.json").exists() else {}
     trainer = Trainer(cfg, f, domains.source_train, domains.target_train, device)
     if resume and run.checkpoints():
         step = run.load_checkpoint(trainer)
@@ -137,6 +142,9 @@ def run_dtn(cfg: Config, runs_dir: Path, name: str, resume: bool = False) -> dic
     run.set_status("training")
     t1 = time.time()
     fit(trainer, run, classifier, domains, fixed)
+    if until == "train":
+        run.set_status("trained")
+        return {"steps": trainer.step, "train_seconds": round(time.time() - t1, 1)}
     final = evaluate(trainer, classifier, domains.source_test, domains.target_test,
                      ("transfer_accuracy", "f_consistency", "fld", "source_baseline"))
     final.update({"steps": trainer.step, "train_seconds": round(time.time() - t1, 1),

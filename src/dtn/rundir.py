@@ -38,7 +38,10 @@ class RunDir:
     @classmethod
     def create(cls, path: Path, cfg: Config, resume: bool = False) -> "RunDir":
         run = cls(Path(path))
-        if run.config_path.exists() and not resume:
+        fresh = run.config_path.exists() and not resume and run._status() in ("created", "pretrained")
+        if fresh:
+            resume = False  # nothing trained there yet (e.g. after `dtn pretrain`): take it over
+        elif run.config_path.exists() and not resume:
             raise RunError(f"{run.path} already holds a run; pass --resume to continue it or choose another --name")
         try:
             run.path.mkdir(parents=True, exist_ok=True)
@@ -50,6 +53,12 @@ class RunDir:
             run.write_text("config.toml", to_toml(cfg))
             run.write_json("run.json", {"dtn_version": __version__, "format": FORMAT_VERSION, "status": "created"})
         return run
+
+    def _status(self) -> str:
+        try:
+            return json.loads((self.path / "run.json").read_text()).get("status", "")
+        except (OSError, json.JSONDecodeError):
+            return ""
 
     @classmethod
     def open(cls, path: Path) -> "RunDir":

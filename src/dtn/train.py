@@ -142,7 +142,7 @@ class Trainer:
             parts["const"] = losses.const_ce_loss(self.f.classify(gs), ys)
         else:
             parts["const"] = losses.const_loss(cs.detach() if not self.f_learns else cs, self.f(gs),
-                                               "mse", float(self.code_scale))
+                                               cfg.const_distance, float(self.code_scale))
         parts["tid"] = losses.tid_loss(xt, gt)
         total = cfg.alpha * parts["const"] + cfg.beta * parts["tid"]
         if cfg.gamma:

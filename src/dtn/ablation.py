@@ -1,0 +1,77 @@
+"""The paper's Table 1 ablations (and a few more), as named config overrides, and the table they make.
+
+Each row is one `dtn run` with the preset plus the row's overrides, in `<runs-dir>/<prefix>-<row>`.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Config, apply_overrides
+
+
+@dataclass(frozen=True)
+class Ablation:
+    name: str
+    overrides: dict[str, str]
+    paper: float | None        # the paper's SVHN -> MNIST accuracy (%) for this row, when it has one
+    note: str = ""
+
+
+ABLATIONS: dict[str, Ablation] = {a.name: a for a in (
+    Ablation("full", {}, 90.66),
+    Ablation("no-tid", {"loss.beta": "0"}, 88.40),
+    Ablation("no-const", {"loss.alpha": "0"}, 74.55),
+    Ablation("g-without-f", {"train.f_mode": "joint"}, 36.90, "f's architecture trained with g from scratch"),
+    Ablation("no-gan", {"loss.gan": "false"}, 34.70),
+    Ablation("no-const-no-tid", {"loss.alpha": "0", "loss.beta": "0"}, 5.28),
+    Ablation("no-pretraining", {"train.f_mode": "random"}, None, "f random and frozen"),
+    Ablation("cosine", {"loss.const_distance": "cosine"}, None),
+    Ablation("mse+cosine", {"loss.const_distance": "mse+cosine"}, None),
+    Ablation("ce", {"loss.const_distance": "ce"}, None, "uses source labels during DTN training"),
+    Ablation("binary-d", {"loss.discriminator": "binary", "nets.d_classes": "2"}, None),
+)}
+
+PAPER_ROWS = ("full", "no-tid", "no-const", "g-without-f", "no-gan", "no-const-no-tid")
+
+
+def ablation_config(base: Config, name: str) -> Config:
+    from .errors import ConfigError
+
+    if name not in ABLATIONS:
+        raise ConfigError(f"unknown ablation {name!r}; valid: {', '.join(ABLATIONS)}")
+    return apply_overrides(base, {**ABLATIONS[name].overrides, "name": f"{base.name}-{name}"})
+
+
+def ablation_table(results: dict[str, dict], command: str) -> str:
+    """Markdown: row, our accuracy, the paper's, FLD, f-consistency, the overrides."""
+    lines = [f"Produced by `{command}`.", "",
+             "| ablation | transfer acc. (ours) | paper (SVHN) | FLD | f-consistency | overrides |",
+             "|---|---|---|---|---|---|"]
+    for name, res in results.items():
+        a = ABLATIONS[name]
+        paper = f"{a.paper:.2f} %" if a.paper is not None else "–"
+        over = ", ".join(f"{k}={v}" for k, v in a.overrides.items()) or "(preset)"
+        note = f" ({a.note})" if a.note else ""
+        lines.append(f"| {name}{note} | {100 * res['transfer_accuracy']:.2f} % | {paper} | "
+                     f"{res.get('fld', float('nan')):.2f} | {100 * res.get('f_consistency', float('nan')):.1f} % | {over} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_ablations(base: Config, names: list[str], runs_dir: Path, out_prefix: Path | None, command: str) -> dict:
+    from .run import run_dtn
+
+    results = {}
+    for name in names:
+        cfg = ablation_config(base, name)
+        results[name] = run_dtn(cfg, runs_dir, cfg.name, resume=(runs_dir / cfg.name / "config.toml").exists())
+    if out_prefix is not None:
+        out_prefix.parent.mkdir(parents=True, exist_ok=True)
+        table = ablation_table(results, command)
+        out_prefix.with_suffix(".md").write_text(table)
+        payload = {"command": command, "rows": {n: {k: v for k, v in r.items() if k != "confusion"}
+                                                for n, r in results.items()},
+                   "paper": {n: ABLATIONS[n].paper for n in results}}
+        out_prefix.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
+    return results

@@ -1,0 +1,35 @@
+"""Ablation rows map to valid configs, and the table shows ours beside the paper's figures."""
+from __future__ import annotations
+
+import pytest
+
+from dtn.ablation import ABLATIONS, PAPER_ROWS, ablation_config, ablation_table
+from dtn.config import digits
+from dtn.errors import ConfigError
+
+
+@pytest.mark.parametrize("name", list(ABLATIONS))
+def test_every_row_builds_a_valid_config(name):
+    cfg = ablation_config(digits(), name)
+    assert cfg.name == f"digits-{name}"
+    for key, value in ABLATIONS[name].overrides.items():
+        section, sub = key.split(".")
+        assert str(getattr(getattr(cfg, section), sub)).lower() == value.lower() or \
+            float(getattr(getattr(cfg, section), sub)) == float(value)
+
+
+def test_paper_rows_carry_the_paper_figures():
+    assert [ABLATIONS[r].paper for r in PAPER_ROWS] == [90.66, 88.40, 74.55, 36.90, 34.70, 5.28]
+
+
+def test_unknown_row_is_an_error_listing_valid_rows():
+    with pytest.raises(ConfigError, match="no-tid"):
+        ablation_config(digits(), "no-such-row")
+
+
+def test_table_formats_ours_and_paper():
+    table = ablation_table({"full": {"transfer_accuracy": 0.9123, "fld": 1.5, "f_consistency": 0.95},
+                            "ce": {"transfer_accuracy": 0.5, "fld": 2.0, "f_consistency": 0.9}}, "dtn ablate x")
+    assert "dtn ablate x" in table
+    assert "| full | 91.23 % | 90.66 % |" in table
+    assert "uses source labels" in table

@@ -1,0 +1,139 @@
+"""Metrics: transfer accuracy and its confusion matrix, Fréchet LeNet Distance, the registry."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from dtn.domain import Domain
+from dtn.errors import ConfigError
+from dtn.metrics import EvalContext, compute, metric_names
+from dtn.metrics.accuracy import confusion_matrix, transfer_accuracy
+from dtn.metrics.consistency import f_consistency
+from dtn.metrics.fld import frechet_lenet_distance
+from dtn.nets import LeNet
+
+
+class PixelClassifier(nn.Module):
+    """A fake classifier whose prediction is written in the image: class = round(x[0, 0, 0] * 10)."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cls = (x[:, 0, 0, 0] * 10).round().long()
+        return nn.functional.one_hot(cls, self.num_classes).float()
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        return self(x)
+
+
+def images_predicting(preds: list[int]) -> torch.Tensor:
+    x = torch.zeros(len(preds), 1, 4, 4)
+    x[:, 0, 0, 0] = torch.tensor(preds, dtype=torch.float32) / 10
+    return x
+
+
+def test_confusion_matrix_by_hand():
+    pred = torch.tensor([0, 1, 1, 2, 2, 2])
+    labels = torch.tensor([0, 1, 2, 2, 2, 0])
+    cm = confusion_matrix(pred, labels, 3)
+    assert cm.tolist() == [[1, 0, 1],
+                           [0, 1, 0],
+                           [0, 1, 2]]  # rows: true label, columns: prediction
+
+
+def test_transfer_accuracy_known_fraction():
+    labels = torch.tensor([0, 1, 2, 3, 3, 4, 5, 9])
+    preds = [0, 1, 2, 3, 4, 4, 7, 9]  # 6 of 8 right
+    out = transfer_accuracy(PixelClassifier(), images_predicting(preds), labels)
+    assert out["transfer_accuracy"] == pytest.approx(6 / 8)
+    cm = torch.tensor(out["confusion"])
+    assert cm.shape == (10, 10) and cm.sum() == 8 and cm.trace() == 6
+    assert cm[3, 4] == 1 and cm[5, 7] == 1 and cm[3, 3] == 1
+
+
+def test_transfer_accuracy_batches_do_not_matter():
+    """More images than one evaluation batch (500) give the same answer."""
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 10, (1203,), generator=g)
+    preds = labels.clone()
+    wrong = torch.arange(0, 1203, 4)
+    preds[wrong] = (preds[wrong] + 1) % 10
+    out = transfer_accuracy(PixelClassifier(), images_predicting(preds.tolist()), labels)
+    assert out["transfer_accuracy"] == pytest.approx(1 - len(wrong) / 1203)
+
+
+def test_f_consistency():
+    labels = torch.tensor([1, 2, 3, 4])
+    assert f_consistency(PixelClassifier(), images_predicting([1, 2, 0, 4]), labels) == pytest.approx(0.75)
+
+
+def _context(transfer=lambda x: x, n: int = 6):
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(n) % 10
+    images = torch.zeros(n, 1, 4, 4, dtype=torch.uint8)
+    # pixel value v maps to x = v / 127.5 - 1; choose v so that x * 10 rounds to the label
+    images[:, 0, 0, 0] = ((labels.float() / 10 + 1) * 127.5).round().to(torch.uint8)
+    source = Domain(images, labels, "fake", "test")
+    target = Domain(torch.randint(0, 256, (n, 1, 4, 4), dtype=torch.uint8, generator=g),
+                    torch.full((n,), -1), "fake-target", "test")
+    return EvalContext(transfer=transfer, source_test=source, target_test=target, classifier=PixelClassifier(),
+                       f=PixelClassifier(), batch_size=4)
+
+
+def test_registry_computes_by_name():
+    calls = []
+
+    def transfer(x):
+        calls.append(len(x))
+        return x
+
+    ctx = _context(transfer)
+    out = compute(["transfer_accuracy", "f_consistency"], ctx)
+    assert out["transfer_accuracy"] == pytest.approx(1.0)
+    assert out["f_consistency"] == pytest.approx(1.0)
+    assert calls == [4, 2], "G(source_test) is computed once, in batches, and shared by the metrics"
+
+
+def test_registry_unknown_metric_lists_valid_names():
+    names = metric_names()
+    assert {"transfer_accuracy", "f_consistency", "fld", "source_baseline"} <= set(names)
+    with pytest.raises(ConfigError) as info:
+        compute(["accuracy_typo"], _context())
+    message = str(info.value)
+    assert "accuracy_typo" in message
+    for name in names:
+        assert name in message
+
+
+# ----------------------------------------------------------------------------- Fréchet LeNet Distance
+
+@pytest.fixture(scope="module")
+def lenet():
+    torch.manual_seed(0)
+    return LeNet().eval()
+
+
+@pytest.fixture(scope="module")
+def images():
+    # more samples than LeNet's 256 features, so the covariance has full rank
+    return torch.rand(300, 1, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+
+
+def test_fld_of_a_set_with_itself_is_zero(lenet, images):
+    assert frechet_lenet_distance(lenet, images, images.clone()) == pytest.approx(0.0, abs=1e-3)
+
+
+def test_fld_grows_with_a_shift(lenet, images):
+    near = frechet_lenet_distance(lenet, images, (images + 0.1).clamp(-1, 1))
+    far = frechet_lenet_distance(lenet, images, (images * 0.5 + 0.5).clamp(-1, 1))
+    assert near > 1e-3
+    assert far > near
+
+
+def test_fld_leaves_classifier_mode(lenet, images):
+    lenet.eval()
+    frechet_lenet_distance(lenet, images[:260], images[:260])
+    assert not lenet.training
