@@ -36,6 +36,8 @@ class LossConfig:
     tv_power: float = 1.0             # B in L_TV
     const_distance: str = "mse"       # mse | cosine | mse+cosine | ce (ce uses source labels!)
     code_scale: str = "none"          # none | rms: divide codes by f's RMS code on source train
+    const_augment: bool = False       # L_CONST reads f on a randomly shifted/blurred G(x), so g cannot
+                                      # satisfy it with pixel patterns that only fool f (no labels used)
     gan: bool = True                  # False: the "no GAN" ablation
     discriminator: str = "ternary"    # ternary (paper) | binary (deviation)
 
@@ -119,12 +121,18 @@ class Config:
 # ----------------------------------------------------------------------------- presets
 
 def digits() -> Config:
-    """Default digits preset: synth-digits -> MNIST, tuned to train on a 2-core CPU in minutes."""
+    """Default digits preset: synth-digits -> MNIST, tuned to train on a 2-core CPU in minutes.
+
+    Deviations from the paper's settings, each measured (see the issue notes / bench/results):
+    narrower g and D (g 256, D 64 channels: ~3x faster per step), codes scaled to unit RMS for
+    L_CONST and before g, alpha 50 (alpha 15 peaked at 83.5 % then fell to 79 %), two G updates per D
+    update (1:1 reached 75 %), 200 warm-up steps without the GAN, linear lr decay."""
     return Config(
         name="digits",
-        loss=LossConfig(alpha=15.0, beta=15.0, code_scale="rms"),
-        optim=OptimConfig(lr_g=3e-4, lr_d=2e-4),
-        train=TrainConfig(steps=1500, warmup_steps=200, g_steps=2),
+        nets=NetConfig(g_width=256, d_width=64, g_input_norm=True),
+        loss=LossConfig(alpha=50.0, beta=15.0, code_scale="rms"),
+        optim=OptimConfig(lr_g=3e-4, lr_d=2e-4, schedule="linear"),
+        train=TrainConfig(steps=1000, warmup_steps=200, g_steps=2, eval_every=100, ckpt_every=250),
     )
 
 

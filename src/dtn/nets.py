@@ -31,8 +31,8 @@ class NetConfig:
 
 
 def num_blocks(image_size: int) -> int:
-    """Stride-2 blocks from image_size down to 4x4 (3 at 32 px). 96 px ends at 6x6, so the last
-    conv kernel follows the remaining spatial size."""
+    """Stride-2 blocks from image_size down to about 4x4 (3 at 32 px, 4 at 64 px). 96 px takes 5
+    blocks and ends at 3x3; the last conv kernel always follows the remaining spatial size."""
     if image_size < 8 or image_size % 4:
         raise ValueError(f"image_size must be a multiple of 4 and >= 8, got {image_size}")
     return max(1, round(math.log2(image_size / 4)))

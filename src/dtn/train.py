@@ -44,6 +44,18 @@ def code_rms(f: Encoder, domain: Domain, n: int = 2048, batch: int = 512) -> flo
     return math.sqrt(total / max(1, count)) or 1.0
 
 
+def jitter(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Differentiable random shift by up to 2 px (edge padding) and, for half the batch, a 3x3 blur."""
+    dx, dy = torch.randint(-2, 3, (2,), generator=generator).tolist()
+    blur_half = torch.rand((), generator=generator).item() < 0.5
+    pad = torch.nn.functional.pad(x, (2, 2, 2, 2), mode="replicate")
+    x = pad[:, :, 2 + dy: 2 + dy + x.shape[2], 2 + dx: 2 + dx + x.shape[3]]
+    if blur_half:
+        n = x.shape[0] // 2
+        x = torch.cat([torch.nn.functional.avg_pool2d(x[:n], 3, 1, 1, count_include_pad=False), x[n:]])
+    return x
+
+
 @dataclass
 class StepOutput:
     """Detached loss tensors of one step (no host sync until someone calls .item())."""
@@ -138,10 +150,11 @@ class Trainer:
         cfg = self.cfg.loss
         cs, ct, gs, gt = self.generate(xs, xt)
         parts: dict[str, torch.Tensor] = {}
+        gs_for_f = jitter(gs, self.generator) if cfg.const_augment else gs
         if cfg.const_distance == "ce":
-            parts["const"] = losses.const_ce_loss(self.f.classify(gs), ys)
+            parts["const"] = losses.const_ce_loss(self.f.classify(gs_for_f), ys)
         else:
-            parts["const"] = losses.const_loss(cs.detach() if not self.f_learns else cs, self.f(gs),
+            parts["const"] = losses.const_loss(cs.detach() if not self.f_learns else cs, self.f(gs_for_f),
                                                cfg.const_distance, float(self.code_scale))
         parts["tid"] = losses.tid_loss(xt, gt)
         total = cfg.alpha * parts["const"] + cfg.beta * parts["tid"]
