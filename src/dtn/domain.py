@@ -53,7 +53,7 @@ def resize_uint8(images: np.ndarray, size: int, channels: int, chunk: int = 8192
     """uint8 (N, H, W, C) -> uint8 (N, channels, size, size): antialiased bilinear resize, grey/RGB conversion."""
     out = torch.empty((len(images), channels, size, size), dtype=torch.uint8)
     for start in range(0, len(images), chunk):
-        x = torch.from_numpy(np.ascontiguousarray(images[start:start + chunk])).permute(0, 3, 1, 2)
+        x = torch.from_numpy(np.array(images[start:start + chunk])).permute(0, 3, 1, 2)  # copy: caches are read-only memmaps
         if x.shape[1] != channels:
             if channels == 1:
                 w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
@@ -68,5 +68,5 @@ def resize_uint8(images: np.ndarray, size: int, channels: int, chunk: int = 8192
 
 def load_domain(name: str, split: str, size: int, channels: int, data_dir: str | None = None) -> Domain:
     s = datasets.load(name, split, data_dir or None)
-    return Domain(resize_uint8(s.images, size, channels), torch.from_numpy(np.asarray(s.labels, dtype=np.int64)),
+    return Domain(resize_uint8(s.images, size, channels), torch.from_numpy(np.array(s.labels, dtype=np.int64)),
                   s.dataset, split)

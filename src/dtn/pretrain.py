@@ -21,6 +21,9 @@ from .nets import Encoder, LeNet, NetConfig, init_weights
 from .progress import progress
 from .weights import load_weights, save_weights
 
+#: Bump when pretraining changes what f learns (augmentation, loop): part of the f cache key.
+PRETRAIN_VERSION = 2
+
 
 def _per_image(mask: torch.Tensor) -> torch.Tensor:
     return mask.view(-1, 1, 1, 1)

@@ -13,7 +13,8 @@ from .config import Config, to_toml
 from .domain import Domain, load_domain
 from .errors import RunError
 from .nets import Encoder, LeNet
-from .pretrain import accuracy, eval_classifier, pretrain_f
+from .data.base import cache_root
+from .pretrain import PRETRAIN_VERSION, accuracy, data_fingerprint, eval_classifier, pretrain_f
 from .report import save_grid
 from .rundir import RunDir
 from .train import Trainer, pick_device
@@ -56,9 +57,22 @@ def get_f(cfg: Config, run: RunDir, domains: Domains, device: torch.device) -> E
     if path.is_file():
         load_weights(f, path)
         return f.eval()
+    # f depends only on the source data, f's architecture, the pretraining schedule and the seed:
+    # runs that share them (ablations, seeds of g) share one cached f.
+    n = cfg.nets
+    key = (f"f-{cfg.data.source}-{data_fingerprint(domains.source_train)}-w{n.f_width}-c{n.code_dim}"
+           f"-s{n.image_size}-{cfg.pretrain.f_steps}-{cfg.pretrain.f_batch}-{cfg.pretrain.f_lr}"
+           f"-a{int(cfg.pretrain.f_augment)}-v{PRETRAIN_VERSION}-seed{cfg.train.seed}")
+    cached = cache_root() / "encoders" / f"{key}.safetensors"
+    if cached.is_file():
+        load_weights(f, cached)
+        save_weights(f, path)
+        LOG(f"f loaded from cache {cached.name}")
+        return f.eval()
     t0 = time.time()
     f = pretrain_f(cfg.nets, cfg.pretrain, domains.source_train.to(device), cfg.train.seed, autocast_dtype(cfg))
     save_weights(f, path)
+    save_weights(f, cached)
     acc_s = accuracy(f.classify, domains.source_test.subset(5000).to(device))
     acc_t = accuracy(f.classify, domains.target_test.to(device)) if domains.target_test.labels.min() >= 0 else float("nan")
     run.write_json("f.json", {"source_test_accuracy": acc_s, "target_test_accuracy": acc_t,
