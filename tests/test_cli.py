@@ -152,3 +152,19 @@ def test_help_mentions_every_command(capsys):
     out = capsys.readouterr().out
     for cmd in ("data", "run", "evaluate", "transfer"):
         assert cmd in out
+
+
+def test_evaluate_reports_requested_metrics(tiny_run: Path, capsys):
+    import json
+    assert main(["--quiet", "evaluate", str(tiny_run), "--metrics", "transfer_accuracy,adaptation_accuracy",
+                 "--adaptation-samples", "40"]) == 0
+    out = capsys.readouterr().out
+    result = json.loads(out[out.index("{"):])
+    assert 0 <= result["transfer_accuracy"] <= 1 and 0 <= result["adaptation_accuracy"] <= 1
+    assert result["step"] == 4 and "fld" not in result
+
+
+def test_evaluate_unknown_metric_lists_valid_ones(tiny_run: Path, capsys):
+    assert main(["--quiet", "evaluate", str(tiny_run), "--metrics", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "nope" in err and "adaptation_accuracy" in err

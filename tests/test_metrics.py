@@ -137,3 +137,32 @@ def test_fld_leaves_classifier_mode(lenet, images):
     lenet.eval()
     frechet_lenet_distance(lenet, images[:260], images[:260])
     assert not lenet.training
+
+
+def _bar_domain(n: int, seed: int) -> "Domain":
+    """Class k: a bright centred horizontal band 2k+2 rows thick on dark noise (1 channel, 32x32);
+    thickness, unlike position, survives the classifier's random shifts."""
+    from dtn.domain import Domain
+
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 10, (n,), generator=g)
+    images = torch.randint(0, 60, (n, 1, 32, 32), generator=g, dtype=torch.uint8)
+    for i, k in enumerate(labels.tolist()):
+        images[i, :, 15 - k: 17 + k] = 230
+    return Domain(images, labels, "bars", "train")
+
+
+def test_adaptation_accuracy_learns_from_a_faithful_transfer():
+    from dtn.metrics.adaptation import adaptation_accuracy
+
+    train, test = _bar_domain(600, 0), _bar_domain(200, 1)
+    acc = adaptation_accuracy(lambda x: x, train, test, epochs=4, batch=32)
+    assert acc > 0.9
+
+
+def test_adaptation_accuracy_is_chance_for_a_label_destroying_transfer():
+    from dtn.metrics.adaptation import adaptation_accuracy
+
+    train, test = _bar_domain(600, 0), _bar_domain(200, 1)
+    acc = adaptation_accuracy(lambda x: torch.roll(x, shifts=2, dims=2) * 0 - 1, train, test, epochs=2, batch=32)
+    assert acc < 0.35

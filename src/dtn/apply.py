@@ -88,7 +88,11 @@ def transfer_npz(run: Path, input_path: Path, output_path: Path, device: str = "
     return len(out)
 
 
-def evaluate_run(run_path: Path, checkpoint: str | None = None) -> dict:
+DEFAULT_METRICS = ("transfer_accuracy", "f_consistency", "fld", "source_baseline")
+
+
+def evaluate_run(run_path: Path, checkpoint: str | None = None, names: tuple[str, ...] = DEFAULT_METRICS,
+                 adaptation_samples: int = 20000) -> dict:
     """Full evaluation of a run's checkpoint on the source test split."""
     from .run import evaluate, get_classifier, load_domains
     from .train import Trainer
@@ -101,8 +105,8 @@ def evaluate_run(run_path: Path, checkpoint: str | None = None) -> dict:
                       torch.device("cpu"))
     ckpt = Path(checkpoint) if checkpoint else None
     step = run.load_checkpoint(trainer, ckpt, weights_only=True)
-    result = evaluate(trainer, classifier, domains.source_test, domains.target_test,
-                      ("transfer_accuracy", "f_consistency", "fld", "source_baseline"))
+    result = evaluate(trainer, classifier, domains.source_test, domains.target_test, names,
+                      source_train=domains.source_train.subset(adaptation_samples, seed=4))
     result["checkpoint"] = str(ckpt or run.checkpoints()[-1][1])
     result["step"] = step
     return result

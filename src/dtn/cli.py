@@ -152,9 +152,10 @@ def cmd_ablate(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .apply import evaluate_run
+    from .apply import DEFAULT_METRICS, evaluate_run
 
-    result = evaluate_run(Path(args.run), args.checkpoint)
+    names = tuple(args.metrics.split(",")) if args.metrics else DEFAULT_METRICS
+    result = evaluate_run(Path(args.run), args.checkpoint, names, args.adaptation_samples)
     print(json.dumps({k: v for k, v in result.items() if k != "confusion"}, indent=2))
     return 0
 
@@ -241,6 +242,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(fn=cmd_evaluate)
     e.add_argument("run", help="run directory")
     e.add_argument("--checkpoint", help="checkpoint file (default: the latest)")
+    e.add_argument("--metrics", help="comma-separated: transfer_accuracy, f_consistency, fld, source_baseline, "
+                   "adaptation_accuracy (paper §5.1: LeNet trained on G(source train) with source labels, "
+                   "tested on target test) (default: all but adaptation_accuracy)")
+    e.add_argument("--adaptation-samples", type=int, default=20000,
+                   help="source train images transferred for adaptation_accuracy (default 20000)")
 
     t = sub.add_parser("transfer", help="apply a trained run to images in an .npz")
     t.set_defaults(fn=cmd_transfer)

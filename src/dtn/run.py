@@ -92,9 +92,11 @@ def get_classifier(cfg: Config, domains: Domains, device: torch.device) -> LeNet
 
 
 def evaluate(trainer: Trainer, classifier: LeNet, source_test: Domain, target_test: Domain,
-             names: tuple[str, ...] = ("transfer_accuracy", "f_consistency", "fld")) -> dict:
+             names: tuple[str, ...] = ("transfer_accuracy", "f_consistency", "fld"),
+             source_train: Domain | None = None) -> dict:
     ctx = metrics.EvalContext(transfer=trainer.transfer, source_test=source_test.to(trainer.device),
-                              target_test=target_test.to(trainer.device), classifier=classifier, f=trainer.f)
+                              target_test=target_test.to(trainer.device), classifier=classifier, f=trainer.f,
+                              source_train=source_train.to(trainer.device) if source_train is not None else None)
     return metrics.compute(list(names), ctx)
 
 

@@ -170,6 +170,9 @@ class RunDir:
                 raise RunError(f"{self.path} has no complete checkpoint to resume from")
             path = ckpts[-1][1]
         load_module_weights(trainer.modules(), load_tensors(path), path)
+        m = _CKPT.search(Path(path).name)
+        if m:
+            trainer.step = int(m.group(1))
         if not weights_only:
             state_path = path.with_name(path.name.replace(".safetensors", ".state.pt"))
             try:
