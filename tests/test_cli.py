@@ -168,3 +168,15 @@ def test_evaluate_unknown_metric_lists_valid_ones(tiny_run: Path, capsys):
     assert main(["--quiet", "evaluate", str(tiny_run), "--metrics", "nope"]) == 2
     err = capsys.readouterr().err
     assert "nope" in err and "adaptation_accuracy" in err
+
+
+def test_python_api_matches_the_cli(tiny_run: Path, tmp_path: Path):
+    from dtn import DTN
+
+    images = np.random.default_rng(1).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    out = DTN.load(tiny_run).transfer(images)
+    np.savez(tmp_path / "in.npz", images=images)
+    assert main(["transfer", "--run", str(tiny_run), "--input", str(tmp_path / "in.npz"),
+                 "--output", str(tmp_path / "out.npz")]) == 0
+    assert out.dtype == np.uint8 and out.shape == (4, 32, 32)
+    assert np.array_equal(out, np.load(tmp_path / "out.npz")["images"])
