@@ -4,7 +4,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 import torch
 
 # The tests use tiny tensors: extra intra-op threads only add overhead, and on a machine whose cores
@@ -47,3 +49,25 @@ def real_data_dir() -> Path:
         pytest.skip(f"real data sets not found: neither {where} nor {REPO_ROOT.parent / 'shared' / 'datasets'} exists")
     return path
 
+
+
+def make_digit_folder(root: Path, n_per_class: int, channels: int, size: int, seed: int) -> Path:
+    """A folder dataset with train/ and test/ splits and one sub-folder per class 0..9.
+    Class k is a bright horizontal bar at row 2k+4 (so a classifier can learn it)."""
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_per_class), ("test", max(2, n_per_class // 2))):
+        for k in range(10):
+            d = root / split / str(k)
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                img = rng.integers(0, 60, (size, size, channels), dtype=np.uint8)
+                img[2 * k + 4: 2 * k + 7] = 230
+                Image.fromarray(img[..., 0] if channels == 1 else img).save(d / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def digit_folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A labelled RGB 32 px source folder and a grey 28 px target folder, train/ and test/ each."""
+    tmp = tmp_path_factory.mktemp("digit-folders")
+    return make_digit_folder(tmp / "src", 6, 3, 32, 0), make_digit_folder(tmp / "tgt", 6, 1, 28, 1)

@@ -12,27 +12,11 @@ from PIL import Image
 from dtn.cli import main
 
 
-def _digit_folder(root: Path, n_per_class: int, channels: int, size: int, seed: int) -> Path:
-    """A folder dataset with train/ and test/ splits and one sub-folder per class 0..9.
-    Class k is a bright horizontal bar at row 2k+4 (so a classifier can learn it)."""
-    rng = np.random.default_rng(seed)
-    for split, n in (("train", n_per_class), ("test", max(2, n_per_class // 2))):
-        for k in range(10):
-            d = root / split / str(k)
-            d.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                img = rng.integers(0, 60, (size, size, channels), dtype=np.uint8)
-                img[2 * k + 4: 2 * k + 7] = 230
-                Image.fromarray(img[..., 0] if channels == 1 else img).save(d / f"{i}.png")
-    return root
-
-
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> Path:
+def tiny_run(tmp_path_factory, digit_folders) -> Path:
     """One tiny `dtn run` shared by the tests below (a few seconds)."""
     tmp = tmp_path_factory.mktemp("cli")
-    src = _digit_folder(tmp / "src", 6, 3, 32, 0)
-    tgt = _digit_folder(tmp / "tgt", 6, 1, 28, 1)
+    src, tgt = digit_folders
     rc = main(["--quiet", "run", "tiny", "--runs-dir", str(tmp / "runs"), "--name", "t",
                "--set", f"data.source=folder:{src}", "--set", f"data.target=folder:{tgt}"])
     assert rc == 0

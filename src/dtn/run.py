@@ -2,6 +2,9 @@
 with periodic evaluation and checkpoints, evaluate at the end, write results.json."""
 from __future__ import annotations
 
+import math
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,34 +103,83 @@ def evaluate(trainer: Trainer, classifier: LeNet, source_test: Domain, target_te
     return metrics.compute(list(names), ctx)
 
 
+class DivergenceError(RunError):
+    """A loss or a weight became NaN/Inf; the last good checkpoint is kept."""
+
+
+class StopRequested(RunError):
+    """SIGINT/SIGTERM during training: a checkpoint was saved, resume with --resume."""
+
+
+class _StopSignals:
+    """While training, SIGINT and SIGTERM only set a flag; the loop saves a checkpoint and stops."""
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self._old: dict = {}
+
+    def __enter__(self) -> "_StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = signal.Signals(signum).name
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def check_finite(trainer: Trainer, losses: dict[str, float], step: int) -> None:
+    """Raise before anything is written when a loss or a weight is NaN/Inf."""
+    bad = [k for k, v in losses.items() if not math.isfinite(v)]
+    if bad:
+        raise DivergenceError(f"training diverged at step {step}: loss {bad[0]} = {losses[bad[0]]}; "
+                              "the last good checkpoint is kept (try a lower lr, or --resume after a change)")
+    for name, module in trainer.modules().items():
+        for pname, p in module.named_parameters():
+            if not torch.isfinite(p).all():
+                raise DivergenceError(f"training diverged at step {step}: {name}.{pname} holds NaN/Inf; "
+                                      "the last good checkpoint is kept")
+
+
 def fit(trainer: Trainer, run: RunDir, classifier: LeNet, domains: Domains, fixed: torch.Tensor) -> None:
-    """The loop: step, log every log_every, evaluate every eval_every, checkpoint every ckpt_every."""
+    """The loop: step, log every log_every, evaluate every eval_every, checkpoint every ckpt_every.
+    NaN/Inf stops the run before a bad checkpoint is written; SIGINT/SIGTERM save one and stop."""
+    from .progress import progress
+
     t = trainer.cfg.train
     eval_src = domains.source_test.subset(t.eval_samples, seed=2)
     eval_tgt = domains.target_test.subset(t.eval_samples, seed=2)
     sums: dict[str, torch.Tensor] = {}
     count, t0 = 0, time.time()
-    from .progress import progress
-    for _ in progress(range(trainer.step, t.steps), desc="train DTN", total=t.steps - trainer.step):
-        out = trainer.train_step()
-        for k, v in out.values.items():
-            sums[k] = sums.get(k, 0) + v.float()
-        count += 1
-        step = trainer.step
-        row: dict = {}
-        if step % t.log_every == 0 or step == t.steps:
-            row = {k: round(float(v) / count, 5) for k, v in sums.items()}
-            sums, count = {}, 0
-        if (t.eval_every and step % t.eval_every == 0) or step == t.steps:
-            m = evaluate(trainer, classifier, eval_src, eval_tgt)
-            row.update({k: round(v, 5) for k, v in m.items() if isinstance(v, float)})
-            save_grid(run.path / "samples" / f"step-{step:06d}.png", fixed, trainer.transfer(fixed))
-        if row:
-            row = {"step": step, "seconds": round(time.time() - t0, 1), **row}
-            run.append_metrics(row)
-            LOG(" ".join(f"{k}={v}" for k, v in row.items()))
-        if step % t.ckpt_every == 0 or step == t.steps:
-            run.save_checkpoint(trainer, t.keep_last)
+    with _StopSignals() as stop:
+        for _ in progress(range(trainer.step, t.steps), desc="train DTN", total=t.steps - trainer.step):
+            for k, v in trainer.train_step().values.items():
+                sums[k] = sums.get(k, 0) + v.float()
+            count += 1
+            step, row = trainer.step, {}
+            checkpoint = step % t.ckpt_every == 0 or step == t.steps or stop.requested
+            if step % t.log_every == 0 or checkpoint:
+                row = {k: round(float(v) / count, 5) for k, v in sums.items()}
+                check_finite(trainer, row, step)
+                sums, count = {}, 0
+            if (t.eval_every and step % t.eval_every == 0) or step == t.steps:
+                m = evaluate(trainer, classifier, eval_src, eval_tgt)
+                row.update({k: round(v, 5) for k, v in m.items() if isinstance(v, float)})
+                save_grid(run.path / "samples" / f"step-{step:06d}.png", fixed, trainer.transfer(fixed))
+            if row:
+                row = {"step": step, "seconds": round(time.time() - t0, 1), **row}
+                run.append_metrics(row)
+                LOG(" ".join(f"{k}={v}" for k, v in row.items()))
+            if checkpoint:
+                run.save_checkpoint(trainer, t.keep_last)
+            if stop.requested:
+                run.set_status("interrupted")
+                raise StopRequested(f"{stop.requested} at step {step}: checkpoint saved in {run.path}; "
+                                    f"continue with `dtn run --resume --runs-dir {run.path.parent} --name {run.path.name}`")
 
 
 def run_dtn(cfg: Config, runs_dir: Path, name: str, resume: bool = False, until: str = "evaluate") -> dict:

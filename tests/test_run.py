@@ -1,0 +1,88 @@
+"""`dtn run` under failure: divergence stops before a bad checkpoint; SIGTERM saves one and resumes."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from dtn.config import apply_overrides, tiny
+from dtn.rundir import RunDir
+from dtn.run import DivergenceError, run_dtn
+from dtn.train import StepOutput, Trainer
+
+
+@pytest.fixture
+def folders(digit_folders):
+    return digit_folders
+
+
+def _cfg(folders, **over):
+    src, tgt = folders
+    return apply_overrides(tiny(), {"data.source": f"folder:{src}", "data.target": f"folder:{tgt}", **over})
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(folders, tmp_path, monkeypatch):
+    real_step = Trainer.train_step
+
+    def poisoned(self):
+        out = real_step(self)
+        if self.step >= 3:
+            out.values["tid"] = torch.tensor(float("nan"))
+        return out
+
+    monkeypatch.setattr(Trainer, "train_step", poisoned)
+    cfg = _cfg(folders, **{"train.steps": "6", "train.ckpt_every": "2", "train.log_every": "1"})
+    with pytest.raises(DivergenceError, match="step 3: loss tid = nan"):
+        run_dtn(cfg, tmp_path, "r")
+    run = RunDir(tmp_path / "r")
+    assert [s for s, _ in run.checkpoints()] == [2]
+
+
+def test_nan_weights_are_caught_too(folders, tmp_path, monkeypatch):
+    real_step = Trainer.train_step
+
+    def poisoned(self) -> StepOutput:
+        out = real_step(self)
+        if self.step == 2:
+            with torch.no_grad():
+                next(self.g.parameters()).fill_(float("inf"))
+        return out
+
+    monkeypatch.setattr(Trainer, "train_step", poisoned)
+    cfg = _cfg(folders, **{"train.steps": "6", "train.ckpt_every": "1", "train.log_every": "1"})
+    with pytest.raises(DivergenceError, match=r"step 2: g\."):
+        run_dtn(cfg, tmp_path, "r")
+    assert [s for s, _ in RunDir(tmp_path / "r").checkpoints()] == [1]
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_finishes(folders, tmp_path):
+    src, tgt = folders
+    env = {**os.environ, "DTN_QUIET": "1", "DTN_TEST_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, "-m", "dtn.cli", "run", "tiny", "--runs-dir", str(tmp_path), "--name", "r",
+            "--set", f"data.source=folder:{src}", "--set", f"data.target=folder:{tgt}",
+            "--set", "train.steps=100000", "--set", "train.ckpt_every=100000", "--set", "train.eval_every=0"]
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "r" / "metrics.csv"
+    deadline = time.time() + 60
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) > 3) and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, err
+    assert "SIGTERM at step" in err and "--resume" in err
+    run = RunDir.open(tmp_path / "r")
+    assert run.read_json("run.json")["status"] == "interrupted"
+    [(step, _)] = run.checkpoints()
+    assert step >= 3
+    resumed = subprocess.run(args[:4] + ["--resume", "--runs-dir", str(tmp_path), "--name", "r",
+                                         "--steps", str(step + 2)], env=env, capture_output=True, text=True,
+                             timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((tmp_path / "r" / "results.json").read_text())["steps"] == step + 2
