@@ -86,3 +86,25 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes(folders, tmp_path):
                              timeout=120)
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads((tmp_path / "r" / "results.json").read_text())["steps"] == step + 2
+
+
+def test_an_unwritable_runs_dir_fails_early_with_one_line(folders, capsys):
+    from dtn.cli import main
+
+    src, tgt = folders
+    rc = main(["run", "tiny", "--runs-dir", "/proc/dtn-cannot-write-here", "--name", "r",
+               "--set", f"data.source=folder:{src}", "--set", f"data.target=folder:{tgt}"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "cannot create run directory /proc/dtn-cannot-write-here/r" in err and err.count("\n") == 1
+
+
+def test_too_little_disk_space_fails_before_training(folders, tmp_path, monkeypatch):
+    import shutil
+
+    from dtn.errors import RunError
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 2**20, 2**20))
+    with pytest.raises(RunError, match="not enough free disk space"):
+        run_dtn(_cfg(folders), tmp_path, "r")
+    assert RunDir(tmp_path / "r").checkpoints() == []

@@ -132,6 +132,11 @@ class _StopSignals:
             signal.signal(sig, handler)
 
 
+def checkpoint_bytes(trainer: Trainer) -> int:
+    """Weights plus Adam's two moments, roughly: what one checkpoint takes on disk."""
+    return sum(p.numel() * 4 * 3 for m in trainer.modules().values() for p in m.parameters())
+
+
 def check_finite(trainer: Trainer, losses: dict[str, float], step: int) -> None:
     """Raise before anything is written when a loss or a weight is NaN/Inf."""
     bad = [k for k, v in losses.items() if not math.isfinite(v)]
@@ -202,6 +207,7 @@ def run_dtn(cfg: Config, runs_dir: Path, name: str, resume: bool = False, until:
         run.set_status("pretrained")
         return run.read_json("f.json") if (run.path / "f.json").exists() else {}
     trainer = Trainer(cfg, f, domains.source_train, domains.target_train, device)
+    run.check_space(checkpoint_bytes(trainer) * (cfg.train.keep_last + 1) + 50 * 2**20)
     if resume and run.checkpoints():
         step = run.load_checkpoint(trainer)
         run.truncate_metrics(step)

@@ -16,6 +16,7 @@ import csv
 import io
 import json
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +73,20 @@ class RunDir:
             raise RunError(f"{run.path} was written by dtn {meta.get('dtn_version', '?')} (run format "
                            f"{meta.get('format')}); this dtn {__version__} reads format {FORMAT_VERSION}")
         return run
+
+    def check_space(self, need_bytes: int) -> None:
+        """Fail before training when the checkpoints will not fit (or the directory is not writable)."""
+        probe = self.path / ".write-test"
+        try:
+            probe.write_bytes(b"x")
+            probe.unlink()
+        except OSError as exc:
+            raise RunError(f"run directory {self.path} is not writable: {exc.strerror}") from None
+        free = shutil.disk_usage(self.path).free
+        if free < need_bytes:
+            raise RunError(f"not enough free disk space in {self.path}: {free / 2**20:.0f} MiB free, "
+                           f"checkpoints need about {need_bytes / 2**20:.0f} MiB; free some space or "
+                           "use --runs-dir elsewhere (or lower train.keep_last)")
 
     @property
     def config_path(self) -> Path:
