@@ -534,3 +534,34 @@ def test_exact_resume(tmp_path):
             assert torch.equal(want[k], got[k]), f"{name}.{k} differs after resume"
     assert fresh.step == straight.step == 6
     assert torch.equal(fresh.generator.get_state(), straight.generator.get_state())
+
+
+@pytest.mark.parametrize("on", [False, True])
+def test_const_augment_feeds_f_a_jittered_g_of_x_and_keeps_gradients(monkeypatch, on):
+    import dtn.train as train_mod
+
+    calls = []
+    real = train_mod.jitter
+
+    def spy(x, generator):
+        calls.append(x.shape)
+        return real(x, generator)
+
+    monkeypatch.setattr(train_mod, "jitter", spy)
+    tr = make_trainer(loss__const_augment=str(on).lower(), loss__beta="0", loss__gan="false")
+    before = params_snapshot(tr.g)
+    tr.g_update()
+    assert bool(calls) == on
+    assert not all_equal(tr.g, before), "L_CONST through the jittered G(x) still trains g"
+
+
+def test_jitter_shifts_within_two_pixels_and_is_seeded():
+    from dtn.train import jitter
+
+    x = torch.zeros(4, 1, 8, 8)
+    x[:, :, 3:5, 3:5] = 1
+    a = jitter(x, torch.Generator().manual_seed(0))
+    b = jitter(x, torch.Generator().manual_seed(0))
+    assert torch.equal(a, b)
+    ys, xs = torch.nonzero(a[-1, 0] > 0.5, as_tuple=True)  # the last image is never blurred
+    assert ys.min() >= 1 and ys.max() <= 6 and xs.min() >= 1 and xs.max() <= 6

@@ -60,10 +60,10 @@ def augment_source(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return x.clamp(-1, 1)
 
 
-def shift_augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random translation by up to 2 px (zero padded), per batch."""
+def shift_augment(x: torch.Tensor, generator: torch.Generator, edge: bool = False) -> torch.Tensor:
+    """Random translation by up to 2 px per batch, padded with black (-1) or, with edge, the border."""
     dx, dy = torch.randint(-2, 3, (2,), generator=generator).tolist()
-    pad = F.pad(x, (2, 2, 2, 2), value=-1.0)
+    pad = F.pad(x, (2, 2, 2, 2), mode="replicate") if edge else F.pad(x, (2, 2, 2, 2), value=-1.0)
     return pad[:, :, 2 + dy: 2 + dy + x.shape[2], 2 + dx: 2 + dx + x.shape[3]]
 
 

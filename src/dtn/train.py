@@ -18,6 +18,7 @@ from . import losses
 from .config import Config
 from .domain import Domain
 from .nets import Discriminator, Encoder, Generator, init_weights
+from .pretrain import shift_augment
 
 
 def pick_device(name: str) -> torch.device:
@@ -46,11 +47,8 @@ def code_rms(f: Encoder, domain: Domain, n: int = 2048, batch: int = 512) -> flo
 
 def jitter(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Differentiable random shift by up to 2 px (edge padding) and, for half the batch, a 3x3 blur."""
-    dx, dy = torch.randint(-2, 3, (2,), generator=generator).tolist()
-    blur_half = torch.rand((), generator=generator).item() < 0.5
-    pad = torch.nn.functional.pad(x, (2, 2, 2, 2), mode="replicate")
-    x = pad[:, :, 2 + dy: 2 + dy + x.shape[2], 2 + dx: 2 + dx + x.shape[3]]
-    if blur_half:
+    x = shift_augment(x, generator, edge=True)
+    if torch.rand((), generator=generator).item() < 0.5:
         n = x.shape[0] // 2
         x = torch.cat([torch.nn.functional.avg_pool2d(x[:n], 3, 1, 1, count_include_pad=False), x[n:]])
     return x
