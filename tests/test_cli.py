@@ -164,3 +164,17 @@ def test_python_api_matches_the_cli(tiny_run: Path, tmp_path: Path):
                  "--output", str(tmp_path / "out.npz")]) == 0
     assert out.dtype == np.uint8 and out.shape == (4, 32, 32)
     assert np.array_equal(out, np.load(tmp_path / "out.npz")["images"])
+
+
+def test_data_info_on_a_folder_names_a_bad_file_or_skips_it(digit_folders, tmp_path: Path, capsys):
+    src, _ = digit_folders
+    folder = tmp_path / "imgs"
+    shutil.copytree(src, folder)
+    bad = folder / "train" / "3" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    assert main(["data", "info", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "broken.png" in err and err.count("\n") == 1
+    assert main(["data", "info", str(folder), "--skip-bad"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped" in out and "broken.png" in out and "60 images" in out

@@ -34,7 +34,7 @@ def cmd_data_list(args) -> int:
 def cmd_data_info(args) -> int:
     from . import data
 
-    src = data.get(args.name)
+    src = data.get(args.name, args.skip_bad)
     root = data.data_root(args.data_dir)
     print(f"{src.name}: {src.description}")
     if src.licence:
@@ -54,6 +54,8 @@ def cmd_data_info(args) -> int:
         hist_text = " ".join(f"{names[k] if 0 <= k < len(names) else k}:{v}" for k, v in hist.items())
         print(f"  {split:6s} {len(s):7d} images  shape {tuple(s.images.shape[1:])}  "
               f"classes {len(hist)}  [{hist_text if len(hist) <= 12 else str(len(hist)) + ' classes'}]")
+        for path, reason in s.extras.get("skipped", []):
+            print(f"    skipped {path}: {reason}")
     return 0
 
 
@@ -63,7 +65,7 @@ def cmd_data_show(args) -> int:
 
     from . import data
 
-    s = data.load(args.name, args.split, args.data_dir)
+    s = data.load(args.name, args.split, args.data_dir, args.skip_bad)
     n = min(args.n, len(s))
     idx = np.random.default_rng(args.seed).choice(len(s), size=n, replace=False)
     cols = int(np.ceil(np.sqrt(n)))
@@ -204,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--data-dir", help="folder holding dataset folders (default $DTN_DATA_DIR)")
         if name != "list":
             q.add_argument("name", help="dataset name (see `dtn data list`) or a folder of images")
+        if name in ("info", "show"):
+            q.add_argument("--skip-bad", action="store_true",
+                           help="in an image folder, skip unreadable files (each is listed) instead of stopping")
         if name == "show":
             q.add_argument("--n", type=int, default=64, help="number of images (default 64)")
             q.add_argument("--split", default="train", help="split (default train)")

@@ -26,24 +26,25 @@ def names() -> list[str]:
     return sorted(_registry()) + ["image-folder"]
 
 
-def get(name: str) -> DatasetSource:
-    """Look a dataset up by registry name, or treat `folder:PATH` / an existing directory as an image folder."""
+def get(name: str, skip_bad: bool = False) -> DatasetSource:
+    """Look a dataset up by registry name, or treat `folder:PATH` / an existing directory as an image folder
+    (skip_bad: unreadable images in a folder are skipped and counted instead of stopping the load)."""
     registry = _registry()
     if name in registry:
         return registry[name]
     from .image_folder import image_folder_source
 
     if name.startswith("folder:"):
-        return image_folder_source(Path(name[len("folder:"):]))
+        return image_folder_source(Path(name[len("folder:"):]), skip_bad=skip_bad)
     if name == "image-folder":
         raise DataError("image-folder needs a path: pass the folder itself or folder:PATH")
     if Path(name).expanduser().is_dir():
-        return image_folder_source(Path(name).expanduser())
+        return image_folder_source(Path(name).expanduser(), skip_bad=skip_bad)
     raise DataError(f"unknown dataset {name!r}; valid names: {', '.join(names())}, or a folder path")
 
 
-def load(name: str, split: str, data_dir: str | Path | None = None) -> Split:
-    source = get(name)
+def load(name: str, split: str, data_dir: str | Path | None = None, skip_bad: bool = False) -> Split:
+    source = get(name, skip_bad)
     if split not in source.splits:
         raise DataError(f"{source.name} has no split {split!r}; splits: {', '.join(source.splits)}")
     return source.load(split, data_root(data_dir))
