@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from dtn.config import apply_overrides, parse_set_args, preset
+from dtn.config import apply_overrides, parse_set_args, preset, to_dict
 from dtn.rundir import RunDir
 from dtn.run import run_dtn
 
@@ -41,7 +41,7 @@ def main() -> None:
     first_90 = next((r for r in curve if r.get("transfer_accuracy", 0) >= 0.90), None)
     out = {
         "command": "python bench/digits.py " + " ".join(sys.argv[1:]),
-        "preset": args.preset, "overrides": overrides,
+        "preset": args.preset, "overrides": overrides, "config": to_dict(cfg),
         "transfer_accuracy": final["transfer_accuracy"], "fld": final["fld"],
         "f_consistency": final["f_consistency"], "source_baseline_accuracy": final["source_baseline_accuracy"],
         "n_source_test": final["n_source_test"], "steps": final["steps"],
