@@ -215,8 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("--seed", type=int, default=0)
             q.add_argument("--out", default="sheet.png", help="output PNG (default sheet.png)")
 
+    presets_text = "\n".join(f"  {name:13s} {fn.__doc__.strip().splitlines()[0]}" for name, fn in PRESETS.items())
     r = sub.add_parser("run", help="pretrain f, train the DTN, evaluate: one command",
-                       description="Run a preset end to end. Presets: " + ", ".join(PRESETS))
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Run a preset end to end: pretrain f on the labelled source, train (or load\n"
+                       "the cached) evaluation classifier, train the DTN, evaluate, write results.json.\n\n"
+                       "presets:\n" + presets_text)
     r.set_defaults(fn=cmd_run)
     _run_args(r, PRESETS)
 
