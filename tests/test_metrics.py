@@ -166,3 +166,20 @@ def test_adaptation_accuracy_is_chance_for_a_label_destroying_transfer():
     train, test = _bar_domain(600, 0), _bar_domain(200, 1)
     acc = adaptation_accuracy(lambda x: torch.roll(x, shifts=2, dims=2) * 0 - 1, train, test, epochs=2, batch=32)
     assert acc < 0.35
+
+
+def test_source_baseline_reads_greyscaled_source_images():
+    """A 'classifier' that reads the grey level recovers labels encoded as grey levels: accuracy 1."""
+    labels = torch.arange(10).repeat(7)
+    images = (labels * 20 + 10).to(torch.uint8).view(-1, 1, 1, 1).expand(-1, 3, 8, 8).contiguous()
+    levels = (torch.arange(10) * 20 + 10).float() / 127.5 - 1
+
+    class GreyReader(nn.Module):
+        def forward(self, x):
+            assert x.shape[1] == 1, "source images are greyscaled for a 1-channel classifier"
+            return -(x.mean(dim=(1, 2, 3))[:, None] - levels[None]).abs()
+
+    target = Domain(torch.zeros(4, 1, 8, 8, dtype=torch.uint8), torch.zeros(4, dtype=torch.long), "t", "test")
+    ctx = EvalContext(transfer=lambda x: x, source_test=Domain(images, labels, "s", "test"), target_test=target,
+                      classifier=GreyReader(), batch_size=16)
+    assert compute(["source_baseline"], ctx)["source_baseline_accuracy"] == 1.0

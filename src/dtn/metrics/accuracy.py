@@ -29,8 +29,11 @@ def _transfer_accuracy(ctx: EvalContext) -> dict:
 @register_metric("source_baseline")
 def _source_baseline(ctx: EvalContext) -> dict:
     """The classifier on the raw source images, greyscaled (paper: 40.06 % on SVHN)."""
-    x = ctx.source_test.images.float().div(127.5).sub(1.0)
     channels = ctx.target_test.channels if ctx.target_test is not None else 1
-    x = grey(x) if channels == 1 else x
-    pred = batched(ctx.classifier, x).argmax(1).cpu()
+
+    def read(u8: torch.Tensor) -> torch.Tensor:  # uint8 batch -> classifier logits
+        x = u8.float().div(127.5).sub(1.0)
+        return ctx.classifier(grey(x) if channels == 1 else x)
+
+    pred = batched(read, ctx.source_test.images, ctx.batch_size).argmax(1).cpu()
     return {"source_baseline_accuracy": (pred == ctx.source_test.labels.cpu()).float().mean().item()}
