@@ -114,21 +114,29 @@ class RunDir:
         self.write_json("run.json", meta)
 
     def append_metrics(self, row: dict) -> None:
-        """metrics.csv grows one row at a time; a new column rewrites the header (rare: first eval)."""
+        """metrics.csv grows one row at a time; a new column rewrites the file (rare: the first eval)."""
         path = self.path / "metrics.csv"
-        rows = self.read_metrics()
-        keys = list(rows[0].keys()) if rows else []
+        keys = self._metrics_header()
         new_keys = [k for k in row if k not in keys]
         if new_keys or not path.exists():
-            rows.append({k: row.get(k, "") for k in keys + new_keys})
-            buf = io.StringIO()
-            writer = csv.DictWriter(buf, fieldnames=keys + new_keys)
-            writer.writeheader()
-            writer.writerows({k: r.get(k, "") for k in keys + new_keys} for r in rows)
-            self.write_text("metrics.csv", buf.getvalue())
+            self._write_metrics(keys + new_keys, self.read_metrics() + [row])
         else:
             with open(path, "a", newline="") as fh:
                 csv.DictWriter(fh, fieldnames=keys).writerow({k: row.get(k, "") for k in keys})
+
+    def _metrics_header(self) -> list[str]:
+        path = self.path / "metrics.csv"
+        if not path.exists():
+            return []
+        with open(path, newline="") as fh:
+            return next(csv.reader(fh), [])
+
+    def _write_metrics(self, fieldnames: list[str], rows: list[dict]) -> None:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=fieldnames)
+        writer.writeheader()
+        writer.writerows({k: r.get(k, "") for k in fieldnames} for r in rows)
+        self.write_text("metrics.csv", buf.getvalue())
 
     def read_metrics(self) -> list[dict]:
         path = self.path / "metrics.csv"
@@ -143,11 +151,7 @@ class RunDir:
         if not rows:
             (self.path / "metrics.csv").unlink(missing_ok=True)
             return
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0].keys()))
-        writer.writeheader()
-        writer.writerows(rows)
-        self.write_text("metrics.csv", buf.getvalue())
+        self._write_metrics(self._metrics_header(), rows)
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoints(self) -> list[tuple[int, Path]]:
