@@ -5,6 +5,7 @@ Each row is one `dtn run` with the preset plus the row's overrides, in `<runs-di
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,19 +45,63 @@ def ablation_config(base: Config, name: str) -> Config:
     return apply_overrides(base, {**ABLATIONS[name].overrides, "name": f"{base.name}-{name}"})
 
 
-def ablation_table(results: dict[str, dict], command: str) -> str:
-    """Markdown: row, our accuracy, the paper's, FLD, f-consistency, the overrides."""
-    lines = [f"Produced by `{command}`.", "",
-             "| ablation | transfer acc. (ours) | paper (SVHN) | FLD | f-consistency | overrides |",
-             "|---|---|---|---|---|---|"]
+TABLE_COLUMNS = ("ablation", "transfer acc. (ours)", "paper (SVHN)", "FLD", "f-consistency", "overrides")
+
+
+def table_rows(results: dict[str, dict]) -> list[tuple[str, ...]]:
+    """One row of formatted cells (TABLE_COLUMNS) per ablation: the Markdown table and the HTML report share them."""
+    rows = []
     for name, res in results.items():
         a = ABLATIONS[name]
         paper = f"{a.paper:.2f} %" if a.paper is not None else "–"
         over = ", ".join(f"{k}={v}" for k, v in a.overrides.items()) or "(preset)"
         note = f" ({a.note})" if a.note else ""
-        lines.append(f"| {name}{note} | {100 * res['transfer_accuracy']:.2f} % | {paper} | "
-                     f"{res.get('fld', float('nan')):.2f} | {100 * res.get('f_consistency', float('nan')):.1f} % | {over} |")
+        rows.append((f"{name}{note}", f"{100 * res['transfer_accuracy']:.2f} %", paper,
+                     f"{res.get('fld', float('nan')):.2f}", f"{100 * res.get('f_consistency', float('nan')):.1f} %", over))
+    return rows
+
+
+def ablation_table(results: dict[str, dict], command: str) -> str:
+    """Markdown: row, our accuracy, the paper's, FLD, f-consistency, the overrides."""
+    lines = [f"Produced by `{command}`.", "", "| " + " | ".join(TABLE_COLUMNS) + " |",
+             "|" + "---|" * len(TABLE_COLUMNS)]
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows(results)]
     return "\n".join(lines) + "\n"
+
+
+def find_ablation_results(run_dir: Path) -> tuple[dict[str, dict], str] | None:
+    """Ablation results near a run, for its report: (rows, where they came from, relative to the run), or None.
+
+    First an `ablation*.json` written by `dtn ablate --out` in the run dir or its parent; else the
+    finished sibling runs that `dtn ablate` leaves in its --runs-dir, named `<preset>-<row>` (the run's
+    own name, less any row suffix, is the prefix: runs/ablate/digits-full finds runs/ablate/digits-*).
+    """
+    for folder in (run_dir, run_dir.parent):
+        for path in sorted(folder.glob("ablation*.json")):
+            payload = _read_json(path)
+            if isinstance(payload, dict) and isinstance(payload.get("rows"), dict):
+                rows = _known_rows(payload["rows"])
+                if rows:
+                    return rows, f"{os.path.relpath(path, run_dir)}, made by `{payload.get('command', 'dtn ablate')}`"
+    prefix = next((run_dir.name[:-len(row) - 1] for row in sorted(ABLATIONS, key=len, reverse=True)
+                   if run_dir.name.endswith("-" + row)), run_dir.name)
+    found = {row: run_dir.parent / f"{prefix}-{row}" / "results.json" for row in ABLATIONS}
+    rows = _known_rows({row: _read_json(path) for row, path in found.items() if path.is_file()})
+    return (rows, f"the finished runs ../{prefix}-<row>/results.json") if len(rows) > 1 else None
+
+
+def _known_rows(rows: dict) -> dict[str, dict]:
+    """Rows this dtn knows, with a transfer accuracy (a newer dtn's rows or a partial result are left out)."""
+    return {n: r for n, r in rows.items() if n in ABLATIONS and isinstance(r, dict) and "transfer_accuracy" in r}
+
+
+def _read_json(path: Path):
+    from .errors import RunError
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise RunError(f"{path}: unreadable ablation results ({exc})") from None
 
 
 def run_ablations(base: Config, names: list[str], runs_dir: Path, out_prefix: Path | None, command: str) -> dict:

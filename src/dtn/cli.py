@@ -17,6 +17,7 @@ EPILOG = """examples:
   dtn data info mnist                  splits, counts, checksums
   dtn data show synth-digits --n 64 --out sheet.png
   dtn transfer --run runs/digits --input in.npz --output out.npz
+  dtn report runs/digits               RUN/report.html: samples over training, curves, results
 data: --data-dir DIR, else $DTN_DATA_DIR, else the user cache dir. Derived files: $DTN_CACHE_DIR."""
 
 
@@ -136,7 +137,7 @@ def cmd_run(args) -> int:
             print(f"# {key} = {value!r} (default {default!r})")
         return 0
     name = args.name or cfg.name
-    run_dtn(cfg, Path(args.runs_dir), name, resume=args.resume, until=args.until)
+    run_dtn(cfg, Path(args.runs_dir), name, resume=args.resume, until=args.until, tensorboard=args.tensorboard)
     return 0
 
 
@@ -162,6 +163,13 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    print(f"wrote {write_report(Path(args.run), Path(args.out) if args.out else None)}")
+    return 0
+
+
 def cmd_transfer(args) -> int:
     from .apply import transfer_npz
 
@@ -183,6 +191,8 @@ def _run_args(r: argparse.ArgumentParser, presets) -> None:
     r.add_argument("--data-dir", help="folder holding dataset folders (default $DTN_DATA_DIR)")
     r.add_argument("--resume", action="store_true", help="continue the run in --runs-dir/--name")
     r.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    r.add_argument("--tensorboard", action="store_true",
+                   help="also write losses and metrics to RUN/tensorboard/ (needs: pip install tensorboard)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -256,6 +266,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "tested on target test) (default: all but adaptation_accuracy)")
     e.add_argument("--adaptation-samples", type=int, default=20000,
                    help="source train images transferred for adaptation_accuracy (default 20000)")
+
+    rp = sub.add_parser("report", help="write RUN/report.html: samples over training, curves, results, config",
+                        description="One self-contained HTML page (images inlined, no network): the fixed source "
+                        "batch transferred at each evaluation, loss and metric curves, ablations found beside the "
+                        "run, results.json and the config. `dtn run` writes it at the end too.")
+    rp.set_defaults(fn=cmd_report)
+    rp.add_argument("run", help="run directory")
+    rp.add_argument("--out", help="HTML file to write (default RUN/report.html)")
 
     t = sub.add_parser("transfer", help="apply a trained run to images in an .npz")
     t.set_defaults(fn=cmd_transfer)

@@ -14,7 +14,7 @@ import torch
 from . import metrics
 from .config import Config, to_toml
 from .domain import Domain, load_domain
-from .errors import RunError
+from .errors import DtnError, RunError
 from .nets import Encoder, LeNet
 from .data.base import cache_root
 from .pretrain import PRETRAIN_VERSION, accuracy, data_fingerprint, eval_classifier, pretrain_f
@@ -187,9 +187,30 @@ def fit(trainer: Trainer, run: RunDir, classifier: LeNet, domains: Domains, fixe
                                     f"continue with `dtn run --resume --runs-dir {run.path.parent} --name {run.path.name}`")
 
 
-def run_dtn(cfg: Config, runs_dir: Path, name: str, resume: bool = False, until: str = "evaluate") -> dict:
+def write_run_report(run: RunDir) -> None:
+    """report.html at the end of a run. The run itself is complete by then, so a report that cannot
+    be written is a warning line (fix it, then `dtn report RUN`), not a failed run."""
+    from .report import write_report
+
+    try:
+        LOG(f"report: {write_report(run.path)}")
+    except DtnError as exc:
+        LOG(f"warning: report not written: {exc}")
+
+
+def open_scalar_log(run: RunDir, resume: bool) -> None:
+    """--tensorboard: mirror metrics.csv rows to RUN/tensorboard/, opened before any training so that a
+    missing package fails at once; on resume, events after the checkpoint we go back to are purged."""
+    from .tensorboard_log import TensorBoardLog
+
+    ckpts = run.checkpoints() if resume else []
+    run.scalar_log = TensorBoardLog(run.path / "tensorboard", purge_step=ckpts[-1][0] + 1 if ckpts else 1)
+
+
+def run_dtn(cfg: Config, runs_dir: Path, name: str, resume: bool = False, until: str = "evaluate",
+            tensorboard: bool = False) -> dict:
     """until: "pretrain" (f and the evaluation classifier only), "train" (no final full evaluation)
-    or "evaluate" (everything)."""
+    or "evaluate" (everything). tensorboard: also write the metrics.csv rows to RUN/tensorboard/."""
     cfg = cfg.validate()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -197,6 +218,8 @@ def run_dtn(cfg: Config, runs_dir: Path, name: str, resume: bool = False, until:
     run = RunDir.create(Path(runs_dir) / name, cfg, resume=resume)
     if resume:
         run.write_text("config.toml", to_toml(cfg))
+    if tensorboard and until != "pretrain":
+        open_scalar_log(run, resume)
     t0 = time.time()
     domains = load_domains(cfg)
     LOG(f"data: {cfg.data.source} {len(domains.source_train)}/{len(domains.source_test)}, "
@@ -215,9 +238,14 @@ def run_dtn(cfg: Config, runs_dir: Path, name: str, resume: bool = False, until:
     fixed, _ = domains.source_test.subset(16, seed=3).to(device).batch(torch.arange(16))
     run.set_status("training")
     t1 = time.time()
-    fit(trainer, run, classifier, domains, fixed)
+    try:
+        fit(trainer, run, classifier, domains, fixed)
+    finally:
+        if run.scalar_log is not None:
+            run.scalar_log.close()
     if until == "train":
         run.set_status("trained")
+        write_run_report(run)
         return {"steps": trainer.step, "train_seconds": round(time.time() - t1, 1)}
     final = evaluate(trainer, classifier, domains.source_test, domains.target_test,
                      ("transfer_accuracy", "f_consistency", "fld", "source_baseline"))
@@ -227,6 +255,7 @@ def run_dtn(cfg: Config, runs_dir: Path, name: str, resume: bool = False, until:
                   "n_source_test": len(domains.source_test)})
     run.write_json("results.json", final)
     run.set_status("done")
+    write_run_report(run)
     LOG(f"transfer accuracy {final['transfer_accuracy']:.2%} on {len(domains.source_test)} {cfg.data.source} "
         f"test images; FLD {final['fld']:.2f}; f-consistency {final['f_consistency']:.2%}; run in {run.path}")
     return final

@@ -9,6 +9,8 @@
       checkpoints/step-000500.state.pt      optimizers, step, RNG states (loaded weights_only)
       samples/step-000500.png               the fixed source batch transferred at that step
       results.json           final metrics
+      report.html            `dtn report`: one self-contained page (sweep, curves, numbers, config)
+      tensorboard/           the metrics.csv rows as TensorBoard scalars (only with --tensorboard)
 """
 from __future__ import annotations
 
@@ -29,11 +31,27 @@ from .weights import atomic_write, load_tensors, save_tensors
 
 FORMAT_VERSION = 1
 _CKPT = re.compile(r"step-(\d+)\.safetensors$")
+# metrics.csv columns by what they measure (the loss names are train.py's `parts` keys); any other
+# column is an evaluation metric (transfer_accuracy, f_consistency, fld, ...).
+TIME_COLUMNS = ("step", "seconds")
+D_LOSS_COLUMNS = ("d",)
+G_LOSS_COLUMNS = ("gang", "const", "tid", "tv", "g_total")
+
+
+def column_kind(name: str) -> str:
+    """"time", "d_loss", "g_loss" or "metric": how the report and TensorBoard group a metrics.csv column."""
+    if name in TIME_COLUMNS:
+        return "time"
+    if name in D_LOSS_COLUMNS:
+        return "d_loss"
+    return "g_loss" if name in G_LOSS_COLUMNS else "metric"
 
 
 @dataclass
 class RunDir:
     path: Path
+    # Optional mirror of every metrics.csv row (e.g. tensorboard_log.TensorBoardLog): anything with write(row).
+    scalar_log: object | None = None
 
     # ------------------------------------------------------------------ creation and checks
     @classmethod
@@ -123,6 +141,8 @@ class RunDir:
         else:
             with open(path, "a", newline="") as fh:
                 csv.DictWriter(fh, fieldnames=keys).writerow({k: row.get(k, "") for k in keys})
+        if self.scalar_log is not None:
+            self.scalar_log.write(row)
 
     def _metrics_header(self) -> list[str]:
         path = self.path / "metrics.csv"
