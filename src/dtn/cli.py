@@ -178,6 +178,33 @@ def cmd_transfer(args) -> int:
     return 0
 
 
+def _serve_module():
+    """dtn.serve, or one line naming the extra to install when its web packages are missing."""
+    try:
+        from . import serve
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in ("starlette", "uvicorn", "python_multipart", "multipart"):
+            raise
+        raise DtnError(f'dtn serve needs {exc.name}, which is not installed: pip install "dtn[serve]"') from None
+    return serve
+
+
+def cmd_serve(args) -> int:
+    serve = _serve_module()
+    limits = serve.Limits(round(args.max_upload_mb * serve.MB), args.workers, args.queue)
+    sock = serve.bind_socket(args.host, args.port)
+    if not serve.is_loopback(args.host):
+        print(f"dtn: warning: serving on {args.host}, not loopback: anyone who can reach this machine can use "
+              "the page (no authentication)", file=sys.stderr)
+    app = serve.app_for(Path(args.run), args.device, limits, args.samples, args.threads)
+    if app.state.serve.samples_note and args.samples:
+        print(f"dtn: warning: {app.state.serve.samples_note}", file=sys.stderr)
+    host, port = sock.getsockname()[:2]
+    print(f"dtn serve: http://{f'[{host}]' if ':' in host else host}:{port}/  (Ctrl-C stops)", flush=True)
+    serve.run_server(app, sock)
+    return 0
+
+
 # ----------------------------------------------------------------------------- parser
 def _run_args(r: argparse.ArgumentParser, presets) -> None:
     r.add_argument("preset", nargs="?", default="digits", help=f"one of {', '.join(presets)} (default digits)")
@@ -281,6 +308,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--input", required=True, help=".npz with `images`: uint8 (N,H,W,3) or (N,H,W)")
     t.add_argument("--output", required=True, help=".npz to write: `images` uint8 (N,S,S) or (N,S,S,3)")
     t.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+
+    w = sub.add_parser("serve", help="a local web page: upload an image, see and download its transfer",
+                       description="Serve a page where an uploaded image (or a source test sample) is transferred "
+                       "by a trained run or exported bundle. Needs: pip install \"dtn[serve]\".")
+    w.set_defaults(fn=cmd_serve)
+    w.add_argument("run", help="run directory or exported bundle")
+    w.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    w.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    w.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    w.add_argument("--max-upload-mb", type=float, default=10.0, help="larger uploads get 413 (default 10)")
+    w.add_argument("--queue", type=int, default=8, help="requests that may wait; more get 503 (default 8)")
+    w.add_argument("--workers", type=int, default=1, help="transfers run at once (default 1)")
+    w.add_argument("--threads", type=int, default=None, help="torch threads (default min(4, CPUs))")
+    w.add_argument("--samples", type=int, default=8, help="source test samples offered on the page (default 8)")
     return p
 
 

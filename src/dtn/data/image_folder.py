@@ -25,6 +25,7 @@ import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -55,28 +56,34 @@ def path_fraction(relpath: str) -> float:
 
 
 def open_image(path: Path, draft: int | None = None) -> Image.Image:
-    """Open and fully decode one image, turning every failure into BadImage(reason).
+    """Open and fully decode one image file, turning every failure into BadImage(reason).
 
     `draft`: let JPEG decode at a reduced scale that still keeps both sides >= draft pixels.
     """
     try:
         if path.stat().st_size == 0:
             raise BadImage("empty file (0 bytes)")
+        fh = open(path, "rb")
     except OSError as exc:
         raise BadImage(f"cannot read ({exc.strerror or exc})") from None
+    with fh:  # we own the file handle, so it is closed on every path
+        return decode_image(fh, draft)
+
+
+def decode_image(fh: BinaryIO, draft: int | None = None) -> Image.Image:
+    """Fully decode the first frame of an open binary stream (a file, or io.BytesIO of an upload to
+    `dtn serve`), so that files and uploads share one decompression-bomb guard and one error text."""
     try:
-        # We own the file handle, so it is closed on every path; only the first frame is used.
-        with open(path, "rb") as fh:
-            img = Image.open(fh)
-            w, h = img.size
-            if w * h > MAX_PIXELS:
-                raise BadImage(f"declared size {w}x{h} exceeds the {MAX_PIXELS:,}-pixel limit "
-                               "(possible decompression bomb)")
-            if w == 0 or h == 0:
-                raise BadImage(f"declared size {w}x{h} is empty")
-            if draft and img.format == "JPEG":
-                img.draft(None, (draft, draft))
-            img.load()
+        img = Image.open(fh)
+        w, h = img.size
+        if w * h > MAX_PIXELS:
+            raise BadImage(f"declared size {w}x{h} exceeds the {MAX_PIXELS:,}-pixel limit "
+                           "(possible decompression bomb)")
+        if w == 0 or h == 0:
+            raise BadImage(f"declared size {w}x{h} is empty")
+        if draft and img.format == "JPEG":
+            img.draft(None, (draft, draft))
+        img.load()
         return img
     except BadImage:
         raise
