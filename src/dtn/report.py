@@ -54,8 +54,8 @@ def grid(rows: list[np.ndarray], pad: int = PAD, scale: int = SCALE) -> Image.Im
 
 def save_grid(path: Path, source: torch.Tensor, transferred: torch.Tensor) -> None:
     """Source images (float [-1, 1]) in the top row, their transfers below."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    grid([to_images(source).cpu().numpy(), to_images(transferred).cpu().numpy()]).save(path)
+    picture = grid([to_images(source).cpu().numpy(), to_images(transferred).cpu().numpy()])
+    atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))  # a kill never leaves half a PNG
 
 
 # ----------------------------------------------------------------------------- the sweep

@@ -229,6 +229,10 @@ def run_dtn(cfg: Config, runs_dir: Path, name: str, resume: bool = False, until:
     if until == "pretrain":
         run.set_status("pretrained")
         return run.read_json("f.json") if (run.path / "f.json").exists() else {}
+    # g and D are initialised from the global RNG: seed it here, or their first weights would depend on
+    # whether f and the classifier were just trained or loaded from a cache (a resume before the first
+    # checkpoint, or `dtn pretrain` then `dtn train`, would not reproduce one uninterrupted run).
+    torch.manual_seed(cfg.train.seed)
     trainer = Trainer(cfg, f, domains.source_train, domains.target_train, device)
     run.check_space(checkpoint_bytes(trainer) * (cfg.train.keep_last + 1) + 50 * 2**20)
     if resume and run.checkpoints():

@@ -57,7 +57,7 @@ class RunDir:
     @classmethod
     def create(cls, path: Path, cfg: Config, resume: bool = False) -> "RunDir":
         run = cls(Path(path))
-        fresh = run.config_path.exists() and not resume and run._status() in ("created", "pretrained")
+        fresh = run.config_path.exists() and not resume and run._untrained()
         if fresh:
             resume = False  # nothing trained there yet (e.g. after `dtn pretrain`): take it over
         elif run.config_path.exists() and not resume:
@@ -68,10 +68,25 @@ class RunDir:
             (run.path / "samples").mkdir(exist_ok=True)
         except OSError as exc:
             raise RunError(f"cannot create run directory {run.path}: {exc.strerror}") from None
+        run.remove_stale_temp_files()
         if not resume:
             run.write_text("config.toml", to_toml(cfg))
             run.write_json("run.json", {"dtn_version": __version__, "format": FORMAT_VERSION, "status": "created"})
         return run
+
+    def _untrained(self) -> bool:
+        """Nothing trained here yet: created or pretrained, or killed between config.toml and run.json."""
+        if not (self.path / "run.json").exists():
+            return not self.checkpoints()
+        return self._status() in ("created", "pretrained")
+
+    def remove_stale_temp_files(self) -> None:
+        """Delete the temp files of atomic writes that a killed process left (`NAME.XXXXXXXX.tmp`):
+        they were never renamed, so nothing refers to them. Only called by the one process that is
+        (re)starting this run."""
+        for folder in (self.path, self.path / "checkpoints", self.path / "samples"):
+            for tmp in folder.glob("*.tmp"):
+                tmp.unlink(missing_ok=True)
 
     def _status(self) -> str:
         try:
