@@ -98,7 +98,8 @@ def test_source_loads_through_registry_and_caches(tmp_path, monkeypatch):
     assert first.images.shape == (64, 32, 32, 3) and first.labels.dtype == np.int64
     images_path, labels_path = synth_digits.cache_paths("test")
     assert images_path.parent == tmp_path / "synth-digits"
-    assert images_path.name == f"test-v{synth_digits.GENERATOR_VERSION}-n64-s1.npy"
+    assert images_path.name == (f"test-v{synth_digits.GENERATOR_VERSION}-f{synth_digits.fonts_digest()}"
+                                f"-n64-s1.npy")
     assert images_path.is_file() and labels_path.is_file()
     checks = {c.path: c for c in source.check(tmp_path)}
     assert checks[images_path].ok and checks[labels_path].ok

@@ -14,8 +14,11 @@ work is cut into fixed CHUNK-sized pieces, each drawing from its own stream
 SeedSequence(seed, spawn_key=(chunk,)); and generate(n) is a prefix of generate(m > n), so a
 small DTN_SYNTH_*_N split is the start of the full one. The pictures also depend on the fonts
 this machine has (matplotlib's bundled TTFs plus `findSystemFonts()`) and on Pillow's JPEG
-codec, so another machine may make other (equally valid) pictures. Bump GENERATOR_VERSION
-whenever the pictures change.
+codec. By default only matplotlib's bundled TTFs (the same on every machine with the same
+matplotlib) and the procedural stroke fonts are used, so the pictures do not change when a package
+such as chromium installs more system fonts; DTN_SYNTH_SYSTEM_FONTS=1 adds the system's fonts. The
+cache name holds a digest of the font names, so a different font set never reuses stale pictures.
+Bump GENERATOR_VERSION whenever the pictures change.
 
 Splits: "train" (seed 0) and "test" (seed 1), generated once and cached as .npy under
 `cache_root()/synth-digits/`. Their sizes default to 100,000 and 26,032 (SVHN's test size) and
@@ -51,7 +54,7 @@ from .base import DatasetSource, FileCheck, Split, atomic_save_npy, cache_root, 
 
 NAME = "synth-digits"
 #: Bump whenever the pictures for a given (n, seed, size) change; it is part of the cache name.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 #: Pictures per independently seeded chunk. Changing it changes the pictures (bump the version).
 CHUNK = 256
 SPLIT_SEEDS = {"train": 0, "test": 1}
@@ -69,18 +72,20 @@ _PROGRESS_MIN = 10_000
 # Fonts and glyph masks
 # ----------------------------------------------------------------------------------------------
 
+SYSTEM_FONTS_ENV = "DTN_SYNTH_SYSTEM_FONTS"
+
+
 @functools.cache
 def font_paths() -> tuple[str, ...]:
-    """Every candidate TTF/OTF: matplotlib's bundled fonts, then the system's, sorted for stability."""
+    """Candidate TTFs: matplotlib's bundled fonts, plus the system's when DTN_SYNTH_SYSTEM_FONTS=1,
+    sorted for stability. System fonts are opt-in because they differ between machines."""
     import matplotlib
     from matplotlib import font_manager
 
     bundled = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
     paths = {str(p) for p in bundled.glob("*.ttf")}
-    try:
+    if os.environ.get(SYSTEM_FONTS_ENV, "") not in ("", "0"):
         paths.update(font_manager.findSystemFonts())
-    except Exception:  # a broken font dir must not stop generation; bundled fonts suffice
-        pass
     return tuple(sorted(paths, key=lambda p: (Path(p).name, p)))
 
 
@@ -160,6 +165,25 @@ def _stroke_skeletons() -> list[list[list[tuple[float, float]]]]:
     ]
 
 
+def _alternate_skeletons() -> list[list[list[tuple[float, float]]]]:
+    """Typographic alternates found on real house numbers and signs: a plain-stem 1, a looped 2,
+    a flat-topped 3, an open 4, a crossed 7, and 6 and 9 with straight stems."""
+    base = _stroke_skeletons()
+    nine = [_arc(0.3, 0.28, 0.26, 0.26, 0, 360, 32), [(0.56, 0.28), (0.56, 0.98)]]
+    return [
+        base[0],
+        [[(0.3, 0.02), (0.3, 0.98)]],
+        [_arc(0.3, 0.27, 0.26, 0.25, 200, 390) + _arc(0.22, 0.83, 0.13, 0.13, 150, -270, 24) + [(0.58, 0.96)]],
+        [[(0.04, 0.02), (0.56, 0.02), (0.26, 0.4)] + _arc(0.3, 0.68, 0.28, 0.3, 270, 500)],
+        [[(0.36, 0.02), (0.03, 0.66), (0.6, 0.66)], [(0.46, 0.36), (0.46, 0.98)]],
+        base[5],
+        _flip(nine),
+        [[(0.02, 0.02), (0.58, 0.02), (0.22, 0.98)], [(0.14, 0.5), (0.52, 0.5)]],
+        base[8],
+        nine,
+    ]
+
+
 _SEGMENTS = {  # seven-segment display: segment -> line in the 0.6 x 1 box
     "a": ((0.06, 0.03), (0.54, 0.03)), "b": ((0.56, 0.06), (0.56, 0.47)),
     "c": ((0.56, 0.53), (0.56, 0.94)), "d": ((0.06, 0.97), (0.54, 0.97)),
@@ -189,6 +213,8 @@ def _procedural_fonts() -> list[tuple[str, list[np.ndarray]]]:
     """Stroke-font and seven-segment digits at a few weights: shapes no system font provides."""
     skeletons = _stroke_skeletons()
     fonts = [(f"stroke-{w}", [_draw_strokes(s, w, True) for s in skeletons]) for w in (0.07, 0.12, 0.18)]
+    alternates = _alternate_skeletons()
+    fonts += [(f"stroke-alt-{w}", [_draw_strokes(s, w, True) for s in alternates]) for w in (0.07, 0.12, 0.18)]
     segs = [[_SEGMENTS[c] for c in d] for d in _DIGIT_SEGMENTS]
     fonts += [(f"segment-{w}", [_draw_strokes(s, w, False) for s in segs]) for w in (0.09, 0.15)]
     return fonts
@@ -212,6 +238,12 @@ def _glyph_bank(paths: tuple[str, ...]) -> tuple[tuple[str, tuple[np.ndarray, ..
 def font_names() -> list[str]:
     """Names of the fonts generate() draws from on this machine (procedural ones included)."""
     return [name for name, _ in _glyph_bank(font_paths())]
+
+
+def fonts_digest() -> str:
+    """8 hex digits naming the font set: part of the cache name, so another font set regenerates."""
+    import hashlib
+    return hashlib.md5("\n".join(font_names()).encode()).hexdigest()[:8]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -594,7 +626,7 @@ def split_size(split: str) -> int:
 def cache_paths(split: str) -> tuple[Path, Path]:
     """(images, labels) .npy paths of a split's cache at its current size."""
     n, seed = split_size(split), SPLIT_SEEDS[split]
-    stem = cache_root() / NAME / f"{split}-v{GENERATOR_VERSION}-n{n}-s{seed}"
+    stem = cache_root() / NAME / f"{split}-v{GENERATOR_VERSION}-f{fonts_digest()}-n{n}-s{seed}"
     return stem.with_name(stem.name + ".npy"), stem.with_name(stem.name + "-labels.npy")
 
 
