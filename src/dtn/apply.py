@@ -70,14 +70,75 @@ def check_images(images, where: str) -> np.ndarray:
     return images
 
 
+#: `dtn transfer` refuses an .npz whose `images` would need more memory than this once read (a zip of
+#: zeros declares gigabytes in kilobytes), and single images larger than image_folder.MAX_PIXELS.
+MAX_NPZ_BYTES = 2**31
+
+
+def _npz_errors() -> tuple[type[BaseException], ...]:
+    """What numpy and zipfile raise for a damaged archive (a bad CRC, a cut deflate stream, an
+    unsupported or encrypted member, a header that does not parse)."""
+    import tokenize
+    import zipfile
+    import zlib
+
+    return (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError,
+            SyntaxError, tokenize.TokenError)
+
+
 def read_npz_images(path: Path) -> np.ndarray:
+    """The `images` array of an .npz, never unpickled (allow_pickle=False: object arrays are refused),
+    its dtype and size checked from the .npy header before any memory is allocated for it."""
     try:
-        with np.load(path, allow_pickle=False) as z:
-            if "images" not in z.files:
-                raise DataError(f"{path}: no array named 'images' (found: {', '.join(z.files) or 'none'})")
-            return check_images(z["images"], str(path))
-    except (OSError, ValueError, EOFError) as exc:
-        raise DataError(f"{path}: not a readable .npz file ({exc})") from None
+        fh = open(path, "rb")  # ours, not np.load's: numpy leaks its handle when the zip is broken
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    with fh:
+        return _images_from_npz(fh, path)
+
+
+def _images_from_npz(fh, path: Path) -> np.ndarray:
+    try:
+        z = np.load(fh, allow_pickle=False)
+    except _npz_errors() as exc:
+        raise DataError(f"{path}: not a readable .npz file ({exc.__class__.__name__}: {exc})") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise DataError(f"{path}: a single .npy array, not an .npz archive; write it with np.savez(path, images=...)")
+    with z:
+        if "images" not in z.files:
+            raise DataError(f"{path}: no array named 'images' (found: {', '.join(z.files) or 'none'})")
+        try:
+            _check_declared_images(z, path)
+            images = z["images"]
+        except _npz_errors() as exc:
+            raise DataError(f"{path}: cannot read 'images' ({exc.__class__.__name__}: {exc})") from None
+    return check_images(images, str(path))
+
+
+def _check_declared_images(z, path: Path) -> None:
+    """Refuse `images` by its .npy header alone: not an .npy member, not uint8, or too large."""
+    import math
+
+    from .data.image_folder import MAX_PIXELS
+
+    if "images.npy" not in z.zip.namelist():
+        raise DataError(f"{path}: 'images' is not an .npy array inside the archive")
+    info = z.zip.getinfo("images.npy")
+    with z.zip.open(info) as fh:
+        version = np.lib.format.read_magic(fh)
+        if version not in ((1, 0), (2, 0), (3, 0)):
+            raise DataError(f"{path}: 'images' uses .npy format {version}, which numpy does not read")
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(fh)
+    if dtype != np.uint8:
+        raise DataError(f"{path}: expected uint8 images, got dtype {dtype}")
+    nbytes = math.prod(shape)  # Python ints: no overflow
+    if max(nbytes, info.file_size) > MAX_NPZ_BYTES:
+        raise DataError(f"{path}: 'images' of shape {shape} would take {max(nbytes, info.file_size) / 2**30:.1f} GiB "
+                        f"in memory; the limit is {MAX_NPZ_BYTES / 2**30:.0f} GiB (split the file)")
+    if len(shape) >= 3 and shape[1] * shape[2] > MAX_PIXELS:
+        raise DataError(f"{path}: images of {shape[2]}x{shape[1]} pixels exceed the {MAX_PIXELS:,}-pixel limit "
+                        "(possible decompression bomb)")
 
 
 def transfer_npz(run: Path, input_path: Path, output_path: Path, device: str = "cpu") -> int:

@@ -6,6 +6,7 @@ their *decompressed* bytes; the publisher's gz md5s are kept for downloads.
 from __future__ import annotations
 
 import gzip
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +30,7 @@ def parse_idx(data: bytes, path: Path | str) -> np.ndarray:
     if ndim == 0 or len(data) < header:
         raise DataError(f"{path}: truncated IDX header")
     shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    expected = int(np.prod(shape, dtype=np.int64))
+    expected = math.prod(shape)  # Python ints: a lying header cannot overflow into a match
     if len(data) - header != expected:
         raise DataError(f"{path}: IDX header promises {expected} values of shape {shape} "
                         f"but the file holds {len(data) - header}; the file is truncated or corrupt")
@@ -45,6 +46,12 @@ def read_idx_gz(path: Path, raw_md5: str | None) -> np.ndarray:
     if raw_md5 is not None:
         verify_md5(path, raw_md5, md5_bytes(data))
     return parse_idx(data, path)
+
+
+def check_idx_images(images: np.ndarray, path: Path) -> None:
+    """An images file must hold (N, rows, cols) with rows, cols >= 1 (a labels file here is an error)."""
+    if images.ndim != 3 or min(images.shape[1:]) < 1:
+        raise DataError(f"{path}: images of shape {images.shape}, expected (N, rows, cols) with rows, cols >= 1")
 
 
 @dataclass(frozen=True)
@@ -75,11 +82,15 @@ class IdxDataset:
         # Labels are tiny: always read and verify. Images are decoded and verified once, then cached
         # as .npy keyed by the md5 of the .gz bytes (cheap to hash), so a changed file misses the cache.
         labels = read_idx_gz(labels_path, labels_file.raw_md5)
+        if labels.ndim != 1:
+            raise DataError(f"{labels_path}: labels of shape {labels.shape}, expected one dimension (N,)")
         cache = cache_root() / "npy" / self.name / f"{split}-{md5_file(images_path)[:16]}.npy"
         if cache.is_file():
             images = load_npy(cache)
         else:
-            images = read_idx_gz(images_path, images_file.raw_md5)[..., None]
+            images = read_idx_gz(images_path, images_file.raw_md5)
+            check_idx_images(images, images_path)
+            images = images[..., None]
             atomic_save_npy(cache, images)
         if len(images) != len(labels):
             raise DataError(f"{images_path}: {len(images)} images but {labels_path} has {len(labels)} labels")

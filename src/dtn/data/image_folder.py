@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -38,6 +39,9 @@ EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
 #: PIL's global Image.MAX_IMAGE_PIXELS, which we do not change.
 MAX_PIXELS = 40_000_000
 DEFAULT_SIZE = 64
+#: The decoders Pillow may use: the formats of EXTENSIONS (JPEG includes camera MPO files), plus GIF
+#: and TIFF that often hide behind them. Not every plugin Pillow has: EPS would run Ghostscript.
+FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
 CYCLEGAN_SPLITS = ("trainA", "trainB", "testA", "testB")
 TEST_FRACTION = 0.1
 WHITE = (255, 255, 255)
@@ -61,7 +65,10 @@ def open_image(path: Path, draft: int | None = None) -> Image.Image:
     `draft`: let JPEG decode at a reduced scale that still keeps both sides >= draft pixels.
     """
     try:
-        if path.stat().st_size == 0:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):  # a FIFO would block open(), a device never ends
+            raise BadImage("not a regular file (a FIFO, device or folder)")
+        if info.st_size == 0:
             raise BadImage("empty file (0 bytes)")
         fh = open(path, "rb")
     except OSError as exc:
@@ -74,7 +81,7 @@ def decode_image(fh: BinaryIO, draft: int | None = None) -> Image.Image:
     """Fully decode the first frame of an open binary stream (a file, or io.BytesIO of an upload to
     `dtn serve`), so that files and uploads share one decompression-bomb guard and one error text."""
     try:
-        img = Image.open(fh)
+        img = Image.open(fh, formats=FORMATS)
         w, h = img.size
         if w * h > MAX_PIXELS:
             raise BadImage(f"declared size {w}x{h} exceeds the {MAX_PIXELS:,}-pixel limit "
@@ -88,7 +95,7 @@ def decode_image(fh: BinaryIO, draft: int | None = None) -> Image.Image:
     except BadImage:
         raise
     except Image.UnidentifiedImageError:
-        raise BadImage("not an image file Pillow can read") from None
+        raise BadImage(f"not an image file ({', '.join(FORMATS)})") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise BadImage(f"refused as a decompression bomb ({exc})") from None
     except Exception as exc:  # noqa: BLE001 - any decoder failure means a bad file
@@ -133,9 +140,12 @@ def resize_crop(img: Image.Image, size: int) -> Image.Image:
     if (w, h) != (size, size):
         scale = size / min(w, h)
         nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+        left, top = (nw - size) // 2, (nh - size) // 2
+        if nw * nh > MAX_PIXELS:  # a long strip (1 x 40M px): resize only what the crop keeps
+            box = (left * w / nw, top * h / nh, (left + size) * w / nw, (top + size) * h / nh)
+            return img.resize((size, size), Image.Resampling.BICUBIC, box=box)
         if (nw, nh) != (w, h):
             img = img.resize((nw, nh), Image.Resampling.BICUBIC)
-        left, top = (nw - size) // 2, (nh - size) // 2
         img = img.crop((left, top, left + size, top + size))
     return img
 
@@ -147,7 +157,7 @@ def decode_workers() -> int:
 def _list_images(folder: Path) -> list[str]:
     """Image files below `folder`, as sorted posix paths relative to it (hidden names skipped)."""
     found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=_unlistable):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         for name in filenames:
             if not name.startswith(".") and os.path.splitext(name)[1].lower() in EXTENSIONS:
@@ -155,9 +165,16 @@ def _list_images(folder: Path) -> list[str]:
     return sorted(found)
 
 
+def _unlistable(exc: OSError) -> None:
+    """os.walk would skip a folder it cannot list: a class silently missing is worse than an error."""
+    raise DataError(f"{exc.filename}: cannot list this folder ({exc.strerror or exc})")
+
+
 def _header_size(path: Path) -> tuple[int, int] | None:
+    if not path.is_file():  # opening a FIFO would block; bad files are reported when decoded
+        return None
     try:
-        with Image.open(path) as img:
+        with Image.open(path, formats=FORMATS) as img:
             return img.size
     except Exception:  # noqa: BLE001 - bad files are reported when decoded
         return None
@@ -265,12 +282,12 @@ class _ImageFolder:
         if not files:
             where = split_root if self.layout != "flat" or split == "all" else f"{split_root} ({split} split)"
             raise DataError(f"no images (png, jpg, jpeg, webp, bmp) in {where}")
-        keep = self._target_size(split)
         class_names = self._class_names(split)
         index = {c: i for i, c in enumerate(class_names)}
         prefix = "" if self.layout == "flat" else f"{split}/"
-        with warnings.catch_warnings():
+        with warnings.catch_warnings():  # header reads too: Pillow warns on 89M+ pixels before our check
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            keep = self._target_size(split)
             with ThreadPoolExecutor(decode_workers()) as pool:
                 results = list(pool.map(self._try_decode, [(split_root / f, keep) for f in files]))
         images, labels, paths, skipped = [], [], [], []

@@ -1,10 +1,15 @@
 """SVHN (Street View House Numbers), cropped digits: the official train/test/extra `.mat` files.
 
 Each file holds X (32, 32, 3, N) uint8 and y (N, 1) with labels 1..10, where 10 means the digit 0.
-Files are verified by md5 before use; decoded arrays are cached as .npy keyed by that md5.
+Files are verified by md5 before use; decoded arrays are cached as .npy keyed by that md5. A file
+that was not verified is decoded in a throwaway process (see read_svhn_mat_isolated).
 """
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +72,40 @@ def read_svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(x.transpose(3, 0, 1, 2)), labels
 
 
+def read_svhn_mat_isolated(path: Path, images_npy: Path, labels_npy: Path, timeout: float = 600) -> None:
+    """read_svhn_mat in a throwaway Python process that writes the two .npy caches. scipy's MATLAB
+    reader can crash its process on a damaged file (scipy 1.17: SIGSEGV on one byte of an element
+    tag), which no except clause catches, and an out-of-bounds read need not crash at all: a file whose
+    md5 was not checked against a known one is never parsed in the caller's process."""
+    code = "import sys; from dtn.data.svhn import _decode_to_npy; _decode_to_npy(*sys.argv[1:])"
+    src = str(Path(__file__).resolve().parents[2])  # dtn importable even when not installed
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (src, os.environ.get("PYTHONPATH"))))}
+    try:
+        proc = subprocess.run([sys.executable, "-c", code, str(path), str(images_npy), str(labels_npy)],
+                              capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        raise DataError(f"{path}: decoding took over {timeout:.0f} s; the file is corrupt or far too large") from None
+    last = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+    if proc.returncode < 0:
+        why = signal.strsignal(-proc.returncode) or f"signal {-proc.returncode}"
+        raise DataError(f"{path}: the file crashes the MATLAB reader ({why}); it is corrupt")
+    if proc.returncode == 3:
+        raise DataError(last)
+    if proc.returncode != 0:
+        raise DataError(f"{path}: cannot decode ({last})")
+
+
+def _decode_to_npy(path: str, images_npy: str, labels_npy: str) -> None:
+    """The throwaway process's half of read_svhn_mat_isolated: the caches, or the DataError and exit 3."""
+    try:
+        images, labels = read_svhn_mat(Path(path))
+    except DataError as exc:
+        print(exc, file=sys.stderr)
+        raise SystemExit(3) from None
+    atomic_save_npy(Path(images_npy), images)
+    atomic_save_npy(Path(labels_npy), labels)
+
+
 class _Svhn:
     def __init__(self, verify: bool, md5s: dict[str, str]) -> None:
         self.verify = verify
@@ -85,10 +124,13 @@ class _Svhn:
         labels_npy = cache / f"{split}-{actual[:16]}-labels.npy"
         if images_npy.is_file() and labels_npy.is_file():
             images, labels = load_npy(images_npy), load_npy(labels_npy, mmap=False)
-        else:
+        elif self.verify:
             images, labels = read_svhn_mat(path)
             atomic_save_npy(images_npy, images)
             atomic_save_npy(labels_npy, labels)
+        else:
+            read_svhn_mat_isolated(path, images_npy, labels_npy)
+            images, labels = load_npy(images_npy), load_npy(labels_npy, mmap=False)
         return Split(np.asarray(images), np.asarray(labels, dtype=np.int64), NAME, split, CLASS_NAMES,
                      {"file": str(path)})
 
