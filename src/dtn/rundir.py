@@ -130,7 +130,11 @@ class RunDir:
 
     # ------------------------------------------------------------------ small files
     def write_text(self, name: str, text: str) -> None:
-        atomic_write(self.path / name, lambda tmp: Path(tmp).write_text(text))
+        """Atomically; a read-only folder or a full disk is one RunError, and the old file stays whole."""
+        try:
+            atomic_write(self.path / name, lambda tmp: Path(tmp).write_text(text))
+        except OSError as exc:
+            raise RunError(f"cannot write {self.path / name}: {exc.strerror or exc}") from None
 
     def write_json(self, name: str, obj) -> None:
         self.write_text(name, json.dumps(obj, indent=2) + "\n")
@@ -154,8 +158,11 @@ class RunDir:
         if new_keys or not path.exists():
             self._write_metrics(keys + new_keys, self.read_metrics() + [row])
         else:
-            with open(path, "a", newline="") as fh:
-                csv.DictWriter(fh, fieldnames=keys).writerow({k: row.get(k, "") for k in keys})
+            try:
+                with open(path, "a", newline="") as fh:
+                    csv.DictWriter(fh, fieldnames=keys).writerow({k: row.get(k, "") for k in keys})
+            except OSError as exc:
+                raise RunError(f"cannot write {path}: {exc.strerror or exc}") from None
         if self.scalar_log is not None:
             self.scalar_log.write(row)
 
@@ -201,10 +208,14 @@ class RunDir:
         """Weights first, then the state file: a checkpoint counts only once both exist."""
         weights = {f"{name}.{k}": v for name, m in trainer.modules().items() for k, v in m.state_dict().items()}
         path = self.path / "checkpoints" / f"step-{trainer.step:06d}.safetensors"
-        save_tensors(weights, path, metadata={"step": str(trainer.step), "dtn_version": __version__})
         state = trainer.state_dict()
-        atomic_write(path.with_name(path.name.replace(".safetensors", ".state.pt")),
-                     lambda tmp: torch.save(state, tmp))
+        try:
+            save_tensors(weights, path, metadata={"step": str(trainer.step), "dtn_version": __version__})
+            atomic_write(path.with_name(path.name.replace(".safetensors", ".state.pt")),
+                         lambda tmp: torch.save(state, tmp))
+        except OSError as exc:  # disk full, folder gone read-only: the earlier checkpoints are whole
+            raise RunError(f"cannot write checkpoint {path}: {exc.strerror or exc}; the earlier checkpoints "
+                           "are intact (free some space, then --resume)") from None
         self._prune(keep_last, keep)
         return path
 
