@@ -123,7 +123,24 @@ def _config(args):
         overrides["train.seed"] = args.seed
     if getattr(args, "device", None):
         overrides["train.device"] = args.device
+    _data_overrides(args, overrides)
     return apply_overrides(cfg, overrides)
+
+
+def _data_overrides(args, overrides: dict) -> None:
+    """--source/--target/--classes/--balanced onto data.*; a new source or target leaves the nets' channels
+    and class count to the data (0: filled in by run.fill_from_data) unless --set gives them."""
+    for flag, key, follows in (("source", "data.source", ("nets.source_channels", "nets.num_classes")),
+                               ("target", "data.target", ("nets.target_channels",))):
+        if getattr(args, flag, None):
+            overrides[key] = getattr(args, flag)
+            for net_key in follows:
+                overrides.setdefault(net_key, 0)
+    if getattr(args, "classes", None):
+        overrides["data.classes"] = args.classes
+        overrides.setdefault("nets.num_classes", 0)
+    if getattr(args, "balanced", False):
+        overrides["data.balanced"] = True
 
 
 def cmd_run(args) -> int:
@@ -135,6 +152,9 @@ def cmd_run(args) -> int:
         print(to_toml(cfg), end="")
         for key, (value, default) in diff_from_default(cfg).items():
             print(f"# {key} = {value!r} (default {default!r})")
+        for key in ("source_channels", "target_channels", "num_classes"):
+            if getattr(cfg.nets, key) == 0:
+                print(f"# nets.{key} = 0: taken from the data when the run starts")
         return 0
     name = args.name or cfg.name
     run_dtn(cfg, Path(args.runs_dir), name, resume=args.resume, until=args.until, tensorboard=args.tensorboard)
@@ -216,6 +236,13 @@ def _run_args(r: argparse.ArgumentParser, presets) -> None:
     r.add_argument("--seed", type=int, help="shorthand for --set train.seed=N")
     r.add_argument("--device", help="cpu, cuda, cuda:N (default auto)")
     r.add_argument("--data-dir", help="folder holding dataset folders (default $DTN_DATA_DIR)")
+    r.add_argument("--source", metavar="NAME", help="source dataset (registered name or image folder; "
+                   "`dtn data list`); channels and class count follow the data")
+    r.add_argument("--target", metavar="NAME", help="target dataset (registered name or image folder); "
+                   "channels follow the data")
+    r.add_argument("--classes", metavar="A,B", help="keep only these classes in source and target, relabelled "
+                   "in this order (e.g. trouser,pullover)")
+    r.add_argument("--balanced", action="store_true", help="sample the source class-balanced")
     r.add_argument("--resume", action="store_true", help="continue the run in --runs-dir/--name")
     r.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     r.add_argument("--tensorboard", action="store_true",

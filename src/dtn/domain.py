@@ -5,13 +5,15 @@ batch is an index_select plus one float conversion, so a step never waits on Pyt
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
 from . import data as datasets
+from .data.classes import select_classes
+from .errors import DataError
 
 
 @dataclass
@@ -20,6 +22,8 @@ class Domain:
     labels: torch.Tensor          # int64 (N,), -1 when unknown
     name: str
     split: str
+    balanced: bool = False        # sample() draws each class equally often (then uniformly within it)
+    _by_class: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -29,7 +33,7 @@ class Domain:
         return self.images.shape[1]
 
     def to(self, device: torch.device) -> "Domain":
-        return Domain(self.images.to(device), self.labels.to(device), self.name, self.split)
+        return Domain(self.images.to(device), self.labels.to(device), self.name, self.split, self.balanced)
 
     def batch(self, idx: torch.Tensor, memory_format=torch.contiguous_format) -> tuple[torch.Tensor, torch.Tensor]:
         """Images at idx as float [-1, 1] (N, C, S, S), and their labels."""
@@ -38,15 +42,40 @@ class Domain:
         return x.contiguous(memory_format=memory_format), self.labels.index_select(0, idx)
 
     def sample(self, n: int, generator: torch.Generator, memory_format=torch.contiguous_format):
-        idx = torch.randint(len(self), (n,), generator=generator)
+        idx = self._balanced_indices(n, generator) if self.balanced else torch.randint(len(self), (n,), generator=generator)
         return self.batch(idx, memory_format)
+
+    def _balanced_indices(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """n indices: a class uniformly among the labelled ones, then an image uniformly within it, so a
+        rare class (357 dresses beside 1,292 T-shirts) is seen as often as a common one."""
+        order, starts, counts = self._class_index()
+        cls = torch.randint(len(counts), (n,), generator=generator)
+        offset = (torch.rand(n, generator=generator) * counts[cls]).long().clamp_max(counts[cls] - 1)
+        return order[starts[cls] + offset]
+
+    def _class_index(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(indices of labelled images sorted by label, where each class starts, its size), on the CPU
+        like the sampling generator; computed once per Domain."""
+        if self._by_class is None:
+            labels = self.labels.cpu()
+            labelled = torch.nonzero(labels >= 0).flatten()
+            if len(labelled) == 0:
+                raise DataError(f"{self.name}/{self.split}: balanced sampling needs class labels, and there are none")
+            order = labelled[torch.argsort(labels[labelled], stable=True)]
+            _, counts = torch.unique_consecutive(labels[order], return_counts=True)
+            self._by_class = (order, torch.cumsum(counts, 0) - counts, counts)
+        return self._by_class
+
+    def with_balance(self, balanced: bool) -> "Domain":
+        """The same images, sampled class-balanced (or not)."""
+        return self if balanced == self.balanced else replace(self, balanced=balanced)
 
     def subset(self, n: int, seed: int = 0) -> "Domain":
         """A fixed random subset (all when n >= len): the same images on every call with the same seed."""
         if n >= len(self):
             return self
         idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n].sort().values
-        return Domain(self.images[idx], self.labels[idx], self.name, self.split)
+        return Domain(self.images[idx], self.labels[idx], self.name, self.split, self.balanced)
 
 
 def resize_uint8(images: np.ndarray, size: int, channels: int, chunk: int = 8192) -> torch.Tensor:
@@ -66,7 +95,8 @@ def resize_uint8(images: np.ndarray, size: int, channels: int, chunk: int = 8192
     return out
 
 
-def load_domain(name: str, split: str, size: int, channels: int, data_dir: str | None = None) -> Domain:
-    s = datasets.load(name, split, data_dir or None)
+def load_domain(name: str, split: str, size: int, channels: int, data_dir: str | None = None,
+                classes: tuple[str, ...] = ()) -> Domain:
+    s = select_classes(datasets.load(name, split, data_dir or None), classes)   # classes: data/classes.py
     return Domain(resize_uint8(s.images, size, channels), torch.from_numpy(np.array(s.labels, dtype=np.int64)),
                   s.dataset, split)

@@ -20,6 +20,8 @@ class NetConfig:
     target_channels: int = 1     # what g draws (1 for MNIST)
     code_dim: int = 128          # f's code, the input of g
     num_classes: int = 10        # f's classifier head used for pretraining
+    # 0 in source_channels, target_channels or num_classes: `dtn run` takes it from the data before
+    # building anything (run.fill_from_data), so no net is ever built with a 0 there.
     f_width: int = 64            # channels of f's first block; doubles per block, capped at 512
     g_width: int = 512           # channels of g's first (4x4) block; halves per block
     d_width: int = 128           # channels of D's first block; doubles per block, capped at 512

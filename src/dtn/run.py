@@ -6,7 +6,7 @@ import math
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -16,7 +16,10 @@ from .config import Config, to_toml
 from .domain import Domain, load_domain
 from .errors import DtnError, RunError
 from .nets import Encoder, LeNet
+from .data import load as load_split
 from .data.base import cache_root
+from .data.classes import parse_classes, select_classes
+from .data.shapes import class_count, native_channels
 from .pretrain import PRETRAIN_VERSION, accuracy, data_fingerprint, eval_classifier, pretrain_f
 from .report import save_grid
 from .rundir import RunDir
@@ -35,13 +38,35 @@ class Domains:
 
 
 def load_domains(cfg: Config) -> Domains:
-    n, d = cfg.nets, cfg.data.data_dir or None
+    """The four splits at the nets' size, kept to data.classes; source train sampled class-balanced
+    when data.balanced (f pretraining and DTN training both draw from it)."""
+    n, d, k = cfg.nets, cfg.data.data_dir or None, parse_classes(cfg.data.classes)
     return Domains(
-        load_domain(cfg.data.source, "train", n.image_size, n.source_channels, d),
-        load_domain(cfg.data.source, "test", n.image_size, n.source_channels, d),
-        load_domain(cfg.data.target, "train", n.image_size, n.target_channels, d),
-        load_domain(cfg.data.target, "test", n.image_size, n.target_channels, d),
+        load_domain(cfg.data.source, "train", n.image_size, n.source_channels, d, classes=k)
+        .with_balance(cfg.data.balanced),
+        load_domain(cfg.data.source, "test", n.image_size, n.source_channels, d, classes=k),
+        load_domain(cfg.data.target, "train", n.image_size, n.target_channels, d, classes=k),
+        load_domain(cfg.data.target, "test", n.image_size, n.target_channels, d, classes=k),
     )
+
+
+def fill_from_data(cfg: Config) -> Config:
+    """nets.source_channels, target_channels and num_classes left at 0 (`--source/--target`, the faces
+    and fashion presets) taken from the train splits: 1 channel when every image is grey, the source's
+    class count for f's head. Runs before the run directory is written, so config.toml holds the values."""
+    n, d, k = cfg.nets, cfg.data.data_dir or None, parse_classes(cfg.data.classes)
+    updates = {}
+    if n.source_channels == 0 or n.num_classes == 0:
+        source = select_classes(load_split(cfg.data.source, "train", d), k)
+        if n.source_channels == 0:
+            updates["source_channels"] = native_channels(source)
+        if n.num_classes == 0:
+            updates["num_classes"] = class_count(source) if cfg.train.f_mode == "pretrained" else 10
+    if n.target_channels == 0:
+        updates["target_channels"] = native_channels(select_classes(load_split(cfg.data.target, "train", d), k))
+    if updates:
+        LOG("from the data: " + ", ".join(f"nets.{key} = {value}" for key, value in updates.items()))
+    return replace(cfg, nets=replace(n, **updates)) if updates else cfg
 
 
 def autocast_dtype(cfg: Config):
@@ -65,7 +90,8 @@ def get_f(cfg: Config, run: RunDir, domains: Domains, device: torch.device) -> E
     n = cfg.nets
     key = (f"f-{cfg.data.source}-{data_fingerprint(domains.source_train)}-w{n.f_width}-c{n.code_dim}"
            f"-s{n.image_size}-{cfg.pretrain.f_steps}-{cfg.pretrain.f_batch}-{cfg.pretrain.f_lr}"
-           f"-a{int(cfg.pretrain.f_augment)}-v{PRETRAIN_VERSION}-seed{cfg.train.seed}")
+           f"-a{int(cfg.pretrain.f_augment)}-v{PRETRAIN_VERSION}-seed{cfg.train.seed}"
+           + ("-balanced" if cfg.data.balanced else "") + (f"-k{n.num_classes}" if n.num_classes != 10 else ""))
     cached = cache_root() / "encoders" / f"{key}.safetensors"
     if cached.is_file():
         load_weights(f, cached)
@@ -85,9 +111,16 @@ def get_f(cfg: Config, run: RunDir, domains: Domains, device: torch.device) -> E
     return f.eval()
 
 
-def get_classifier(cfg: Config, domains: Domains, device: torch.device) -> LeNet:
+def get_classifier(cfg: Config, domains: Domains, device: torch.device) -> LeNet | None:
+    """The evaluation classifier trained on the target's labels; None when the target has none
+    (avatars): the label metrics are then skipped (see unavailable_metrics)."""
+    labels = domains.target_train.labels
+    if len(labels) == 0 or labels.min() < 0:
+        LOG(f"no evaluation classifier: {cfg.data.target} has no class labels")
+        return None
     t0 = time.time()
-    clf, path = eval_classifier(cfg.pretrain, domains.target_train.to(device), cfg.nets.num_classes,
+    num_classes = max(cfg.nets.num_classes, int(labels.max()) + 1)
+    clf, path = eval_classifier(cfg.pretrain, domains.target_train.to(device), num_classes,
                                 autocast_dtype=autocast_dtype(cfg))
     acc = accuracy(clf, domains.target_test.to(device))
     LOG(f"evaluation classifier {path.name}: {acc:.2%} on {cfg.data.target} test ({time.time() - t0:.0f}s)")
@@ -97,10 +130,38 @@ def get_classifier(cfg: Config, domains: Domains, device: torch.device) -> LeNet
 def evaluate(trainer: Trainer, classifier: LeNet, source_test: Domain, target_test: Domain,
              names: tuple[str, ...] = ("transfer_accuracy", "f_consistency", "fld"),
              source_train: Domain | None = None) -> dict:
+    names = [n for n in names if n not in unavailable_metrics(classifier, trainer.source, source_test)]
     ctx = metrics.EvalContext(transfer=trainer.transfer, source_test=source_test.to(trainer.device),
                               target_test=target_test.to(trainer.device), classifier=classifier, f=trainer.f,
                               source_train=source_train.to(trainer.device) if source_train is not None else None)
     return metrics.compute(list(names), ctx)
+
+
+def unavailable_metrics(classifier: LeNet | None, source_train: Domain, source_test: Domain) -> dict[str, str]:
+    """Metrics this pair of domains cannot support, each with the reason (results.json lists them)."""
+    out = {}
+    if classifier is None:
+        why = "the target has no class labels, so there is no evaluation classifier to read G(x)"
+        out.update(dict.fromkeys(("transfer_accuracy", "fld", "source_baseline", "adaptation_accuracy"), why))
+    test = torch.unique(source_test.labels)
+    if (test < 0).any() or not torch.isin(test, torch.unique(source_train.labels.to(test.device))).all():
+        why = ("source test classes are not classes f was trained on (unlabelled, or held-out identities): "
+               "transfer accuracy needs source labels in the target's label space")
+        out["f_consistency"] = why
+        out.setdefault("transfer_accuracy", why)
+    return out
+
+
+def summary(final: dict, source: str, run_path: Path) -> str:
+    """The last line of a run: the metrics it could compute."""
+    parts = [f"transfer accuracy {final['transfer_accuracy']:.2%} on {final['n_source_test']} {source} test images"
+             if "transfer_accuracy" in final else "no transfer accuracy (" + final["skipped_metrics"].get(
+                 "transfer_accuracy", "not computed") + ")"]
+    if "fld" in final:
+        parts.append(f"FLD {final['fld']:.2f}")
+    if "f_consistency" in final:
+        parts.append(f"f-consistency {final['f_consistency']:.2%}")
+    return "; ".join(parts) + f"; run in {run_path}"
 
 
 class DivergenceError(RunError):
@@ -211,7 +272,7 @@ def run_dtn(cfg: Config, runs_dir: Path, name: str, resume: bool = False, until:
             tensorboard: bool = False) -> dict:
     """until: "pretrain" (f and the evaluation classifier only), "train" (no final full evaluation)
     or "evaluate" (everything). tensorboard: also write the metrics.csv rows to RUN/tensorboard/."""
-    cfg = cfg.validate()
+    cfg = fill_from_data(cfg.validate())
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = pick_device(cfg.train.device)
@@ -239,7 +300,8 @@ def run_dtn(cfg: Config, runs_dir: Path, name: str, resume: bool = False, until:
         step = run.load_checkpoint(trainer)
         run.truncate_metrics(step)
         LOG(f"resumed {run.path} at step {step}")
-    fixed, _ = domains.source_test.subset(16, seed=3).to(device).batch(torch.arange(16))
+    shown = domains.source_test.subset(16, seed=3)          # fewer when a class subset leaves fewer
+    fixed, _ = shown.to(device).batch(torch.arange(len(shown)))
     run.set_status("training")
     t1 = time.time()
     try:
@@ -251,8 +313,10 @@ def run_dtn(cfg: Config, runs_dir: Path, name: str, resume: bool = False, until:
         run.set_status("trained")
         write_run_report(run)
         return {"steps": trainer.step, "train_seconds": round(time.time() - t1, 1)}
-    final = evaluate(trainer, classifier, domains.source_test, domains.target_test,
-                     ("transfer_accuracy", "f_consistency", "fld", "source_baseline"))
+    wanted = ("transfer_accuracy", "f_consistency", "fld", "source_baseline")
+    final = evaluate(trainer, classifier, domains.source_test, domains.target_test, wanted)
+    skipped = unavailable_metrics(classifier, trainer.source, domains.source_test)
+    final["skipped_metrics"] = {k: v for k, v in skipped.items() if k in wanted}
     final.update({"steps": trainer.step, "train_seconds": round(time.time() - t1, 1),
                   "total_seconds": round(time.time() - t0, 1), "source": cfg.data.source,
                   "target": cfg.data.target, "uses_source_labels_in_dtn": cfg.loss.const_distance == "ce",
@@ -260,6 +324,5 @@ def run_dtn(cfg: Config, runs_dir: Path, name: str, resume: bool = False, until:
     run.write_json("results.json", final)
     run.set_status("done")
     write_run_report(run)
-    LOG(f"transfer accuracy {final['transfer_accuracy']:.2%} on {len(domains.source_test)} {cfg.data.source} "
-        f"test images; FLD {final['fld']:.2f}; f-consistency {final['f_consistency']:.2%}; run in {run.path}")
+    LOG(summary(final, cfg.data.source, run.path))
     return final

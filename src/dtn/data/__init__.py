@@ -16,9 +16,10 @@ from .base import DATA_DIR_ENV, DatasetSource, FileCheck, Split, cache_root, cla
 
 
 def _registry() -> dict[str, DatasetSource]:
-    from . import celeba, clothing, idx, svhn, synth_digits
+    from . import avatars, celeba, clothing, deepfashion, idx, svhn, synth_digits
 
-    sources = [*idx.SOURCES, svhn.SOURCE, synth_digits.SOURCE, celeba.SOURCE, clothing.SOURCE]
+    sources = [*idx.SOURCES, svhn.SOURCE, synth_digits.SOURCE, celeba.SOURCE, clothing.SOURCE, avatars.SOURCE,
+               deepfashion.SOURCE]
     return {s.name: s for s in sources}
 
 

@@ -37,10 +37,8 @@ from __future__ import annotations
 import functools
 import io
 import math
-import multiprocessing
 import os
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +49,7 @@ from tqdm import tqdm
 from ..errors import DataError
 from ..progress import quiet
 from .base import DatasetSource, FileCheck, Split, atomic_save_npy, cache_root, load_npy
+from .parallel import chunk_rng, default_workers as _default_workers, run_chunks
 
 NAME = "synth-digits"
 #: Bump whenever the pictures for a given (n, seed, size) change; it is part of the cache name.
@@ -553,20 +552,12 @@ def _render_chunk(job: tuple[int, int, int, int, tuple[str, ...]]) -> tuple[np.n
     A chunk is always drawn at full CHUNK length and then cut, so the pictures do not depend on
     where n ends: generate(n) is a prefix of generate(m) for m > n. Runs in a worker or in-process."""
     seed, chunk, n, size, paths = job
-    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(chunk,)))
+    rng = chunk_rng(seed, chunk)
     bank = _glyph_bank(paths)
     scene = _draw_scene(rng, CHUNK, len(bank))
     images = _camera(rng, _blur(rng, _compose(rng, _glyph_layers(bank, scene, size), size)))
     _degrade(rng, images)
     return images[:n], scene.labels[:n].astype(np.int64)
-
-
-def _default_workers() -> int:
-    """The cores this process may run on (cgroup/affinity aware where the OS says)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def generate(n: int, seed: int, size: int = 32, workers: int | None = None,
@@ -595,14 +586,8 @@ def generate(n: int, seed: int, size: int = 32, workers: int | None = None,
 
 
 def _run_jobs(jobs: list, workers: int):
-    """Chunk results in order: in-process for one worker or inside a daemon process (a pool or
-    DataLoader worker may not have children), else a spawn-context process pool (spawn, not
-    fork: the caller may hold torch threads that a fork would copy mid-flight)."""
-    if workers <= 1 or multiprocessing.current_process().daemon:
-        yield from map(_render_chunk, jobs)
-        return
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        yield from pool.map(_render_chunk, jobs)
+    """Chunk results in order, in this process or a spawn pool (parallel.run_chunks)."""
+    yield from run_chunks(_render_chunk, jobs, workers)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -15,8 +15,9 @@ def confusion_matrix(pred: torch.Tensor, labels: torch.Tensor, num_classes: int)
 
 
 def transfer_accuracy(classifier, transferred: torch.Tensor, labels: torch.Tensor, num_classes: int = 10) -> dict:
-    pred = batched(classifier, transferred).argmax(1).cpu()
-    labels = labels.cpu()
+    logits = batched(classifier, transferred)
+    pred, labels = logits.argmax(1).cpu(), labels.cpu()
+    num_classes = max(num_classes, logits.shape[1], int(labels.max()) + 1)   # any class count, not only 10
     return {"transfer_accuracy": (pred == labels).float().mean().item(),
             "confusion": confusion_matrix(pred, labels, num_classes).tolist()}
 

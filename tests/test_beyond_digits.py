@@ -1,0 +1,89 @@
+"""faces and fashion presets, `dtn run --source/--target` for any pair, class subsets, unlabelled targets."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dtn.cli import main
+from dtn.config import PRESETS, load_toml, preset
+
+
+@pytest.mark.parametrize("name", ["faces", "fashion"])
+def test_presets_validate(name):
+    cfg = preset(name).validate()
+    assert cfg.nets.image_size == 64 and cfg.nets.num_classes == 0
+    assert name in PRESETS
+
+
+def test_faces_uses_the_papers_face_weights():
+    cfg = preset("faces")
+    assert (cfg.loss.alpha, cfg.loss.beta, cfg.loss.gamma) == (100.0, 1.0, 0.05)
+    assert (cfg.data.source, cfg.data.target, cfg.nets.target_channels) == ("celeba-sample", "avatars", 3)
+    fashion = preset("fashion")
+    assert (fashion.data.source, fashion.data.target, fashion.data.balanced) == ("clothing", "fashion-mnist", True)
+
+
+def test_presets_are_listed_in_run_help(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = capsys.readouterr().out
+    assert "faces " in out and "fashion " in out and "--source NAME" in out and "--classes" in out
+
+
+@pytest.mark.parametrize("name", ["faces", "fashion"])
+def test_dry_run_prints_the_config(name, capsys):
+    assert main(["run", name, "--dry-run", "--classes", "trouser,pullover"] if name == "fashion"
+                else ["run", name, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f'name = "{name}"' in out and "nets.num_classes = 0: taken from the data" in out
+    if name == "fashion":
+        assert 'classes = "trouser,pullover"' in out and "balanced = true" in out
+    else:
+        assert 'target = "avatars"' in out and "alpha = 100.0" in out
+
+
+def test_source_target_flags_map_onto_the_config(capsys):
+    assert main(["run", "tiny", "--dry-run", "--source", "mnist", "--target", "synth-digits"]) == 0
+    out = capsys.readouterr().out
+    assert 'source = "mnist"' in out and 'target = "synth-digits"' in out
+    assert "nets.target_channels = 0: taken from the data" in out
+    assert main(["run", "tiny", "--dry-run", "--target", "avatars", "--set", "nets.target_channels=3"]) == 0
+    assert "target_channels = 0" not in capsys.readouterr().out       # --set wins over the data
+
+
+def test_any_two_folders_run_with_channels_and_classes_from_the_data(tmp_path, digit_folders):
+    src, tgt = digit_folders                                            # RGB 32 px source, grey 28 px target
+    assert main(["--quiet", "run", "tiny", "--runs-dir", str(tmp_path), "--name", "pair",
+                 "--source", f"folder:{src}", "--target", f"folder:{tgt}"]) == 0
+    cfg = load_toml(tmp_path / "pair" / "config.toml")
+    assert (cfg.nets.source_channels, cfg.nets.target_channels, cfg.nets.num_classes) == (3, 1, 10)
+    results = json.loads((tmp_path / "pair" / "results.json").read_text())
+    assert 0 <= results["transfer_accuracy"] <= 1 and results["skipped_metrics"] == {}
+
+
+def test_class_subset_and_balanced_sampling_in_a_run(tmp_path, digit_folders):
+    src, tgt = digit_folders
+    assert main(["--quiet", "run", "tiny", "--runs-dir", str(tmp_path), "--name", "two",
+                 "--source", f"folder:{src}", "--target", f"folder:{tgt}", "--classes", "3,7", "--balanced"]) == 0
+    cfg = load_toml(tmp_path / "two" / "config.toml")
+    assert cfg.nets.num_classes == 2 and cfg.data.classes == "3,7" and cfg.data.balanced
+    results = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert results["n_source_test"] == 6                               # 3 test images of each of the 2 classes
+    assert len(results["confusion"]) == 10                              # at least 10x10, as for digits
+
+
+def test_an_unlabelled_target_skips_label_metrics(tmp_path, digit_folders, monkeypatch):
+    pytest.importorskip("dicebear")
+    pytest.importorskip("resvg_py")
+    monkeypatch.setenv("DTN_AVATARS_TRAIN_N", "24")
+    monkeypatch.setenv("DTN_AVATARS_TEST_N", "16")
+    src, _ = digit_folders
+    assert main(["--quiet", "run", "tiny", "--runs-dir", str(tmp_path), "--name", "av",
+                 "--source", f"folder:{src}", "--target", "avatars"]) == 0
+    assert load_toml(tmp_path / "av" / "config.toml").nets.target_channels == 3
+    results = json.loads((tmp_path / "av" / "results.json").read_text())
+    assert "transfer_accuracy" not in results and "fld" not in results
+    assert "no class labels" in results["skipped_metrics"]["transfer_accuracy"]
+    assert 0 <= results["f_consistency"] <= 1
+    assert (tmp_path / "av" / "samples").is_dir()
