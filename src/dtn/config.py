@@ -29,6 +29,8 @@ class DataConfig:
     classes: str = ""                 # comma-separated class names or indices kept in source and target,
                                       # relabelled 0..k-1 in this order ("" = all; data/classes.py)
     balanced: bool = False            # sample the source class-balanced (f pretraining and DTN training)
+    memmap: bool = False              # train from .npy caches already at the model's size without
+                                      # copying them into RAM (splits larger than memory, e.g. SVHN extra)
 
 
 @dataclass(frozen=True)

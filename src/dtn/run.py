@@ -13,6 +13,7 @@ import torch
 
 from . import metrics
 from .config import Config, to_toml
+from .distributed import Dist, prepare, process_device, session
 from .domain import Domain, load_domain
 from .errors import DtnError, RunError
 from .nets import Encoder, LeNet
@@ -40,13 +41,13 @@ class Domains:
 def load_domains(cfg: Config) -> Domains:
     """The four splits at the nets' size, kept to data.classes; source train sampled class-balanced
     when data.balanced (f pretraining and DTN training both draw from it)."""
-    n, d, k = cfg.nets, cfg.data.data_dir or None, parse_classes(cfg.data.classes)
+    n, d, mm, k = cfg.nets, cfg.data.data_dir or None, cfg.data.memmap, parse_classes(cfg.data.classes)
     return Domains(
-        load_domain(cfg.data.source, "train", n.image_size, n.source_channels, d, classes=k)
+        load_domain(cfg.data.source, "train", n.image_size, n.source_channels, d, mm, classes=k)
         .with_balance(cfg.data.balanced),
-        load_domain(cfg.data.source, "test", n.image_size, n.source_channels, d, classes=k),
-        load_domain(cfg.data.target, "train", n.image_size, n.target_channels, d, classes=k),
-        load_domain(cfg.data.target, "test", n.image_size, n.target_channels, d, classes=k),
+        load_domain(cfg.data.source, "test", n.image_size, n.source_channels, d, mm, classes=k),
+        load_domain(cfg.data.target, "train", n.image_size, n.target_channels, d, mm, classes=k),
+        load_domain(cfg.data.target, "test", n.image_size, n.target_channels, d, mm, classes=k),
     )
 
 
@@ -211,9 +212,12 @@ def check_finite(trainer: Trainer, losses: dict[str, float], step: int) -> None:
                                       "the last good checkpoint is kept")
 
 
-def fit(trainer: Trainer, run: RunDir, classifier: LeNet, domains: Domains, fixed: torch.Tensor) -> None:
+def fit(trainer: Trainer, run: RunDir, classifier: LeNet | None, domains: Domains, fixed: torch.Tensor,
+        dist: Dist = Dist()) -> None:
     """The loop: step, log every log_every, evaluate every eval_every, checkpoint every ckpt_every.
-    NaN/Inf stops the run before a bad checkpoint is written; SIGINT/SIGTERM save one and stop."""
+    NaN/Inf stops the run before a bad checkpoint is written; SIGINT/SIGTERM save one and stop.
+    Several processes: every rank logs the global-batch losses and stops together; rank 0 alone
+    evaluates and writes (classifier is None elsewhere)."""
     from .progress import progress
 
     t = trainer.cfg.train
@@ -227,24 +231,29 @@ def fit(trainer: Trainer, run: RunDir, classifier: LeNet, domains: Domains, fixe
                 sums[k] = sums.get(k, 0) + v.float()
             count += 1
             step, row = trainer.step, {}
-            checkpoint = step % t.ckpt_every == 0 or step == t.steps or stop.requested
+            stopping = dist.any(bool(stop.requested))
+            checkpoint = step % t.ckpt_every == 0 or step == t.steps or stopping
             if step % t.log_every == 0 or checkpoint:
-                row = {k: round(float(v) / count, 5) for k, v in sums.items()}
+                row = {k: round(float(v) / count, 5) for k, v in dist.mean(sums).items()}
                 check_finite(trainer, row, step)
                 sums, count = {}, 0
-            if (t.eval_every and step % t.eval_every == 0) or step == t.steps:
+            if dist.is_main and ((t.eval_every and step % t.eval_every == 0) or step == t.steps):
                 m = evaluate(trainer, classifier, eval_src, eval_tgt)
                 row.update({k: round(v, 5) for k, v in m.items() if isinstance(v, float)})
                 save_grid(run.path / "samples" / f"step-{step:06d}.png", fixed, trainer.transfer(fixed))
-            if row:
+            if row and dist.is_main:
                 row = {"step": step, "seconds": round(time.time() - t0, 1), **row}
                 run.append_metrics(row)
                 LOG(" ".join(f"{k}={v}" for k, v in row.items()))
             if checkpoint:
-                run.save_checkpoint(trainer, t.keep_last)
-            if stop.requested:
-                run.set_status("interrupted")
-                raise StopRequested(f"{stop.requested} at step {step}: checkpoint saved in {run.path}; "
+                if dist.is_main:
+                    run.save_checkpoint(trainer, t.keep_last)
+                dist.barrier()                  # no rank runs ahead of a checkpoint being written
+            if stopping:
+                if dist.is_main:
+                    run.set_status("interrupted")
+                raise StopRequested(f"{stop.requested or 'a stop signal to another process'} at step {step}: "
+                                    f"checkpoint saved in {run.path}; "
                                     f"continue with `dtn run --resume --runs-dir {run.path.parent} --name {run.path.name}`")
 
 
@@ -268,47 +277,70 @@ def open_scalar_log(run: RunDir, resume: bool) -> None:
     run.scalar_log = TensorBoardLog(run.path / "tensorboard", purge_step=ckpts[-1][0] + 1 if ckpts else 1)
 
 
+def start_run(cfg: Config, path: Path, resume: bool, dist: Dist) -> RunDir:
+    """Rank 0 creates (or reopens) the run directory; the other processes wait for it, then only read it."""
+    if dist.is_main:
+        run = RunDir.create(path, cfg, resume=resume)
+        if resume:
+            run.write_text("config.toml", to_toml(cfg))
+    dist.barrier()
+    return run if dist.is_main else RunDir(path)
+
+
 def run_dtn(cfg: Config, runs_dir: Path, name: str, resume: bool = False, until: str = "evaluate",
             tensorboard: bool = False) -> dict:
     """until: "pretrain" (f and the evaluation classifier only), "train" (no final full evaluation)
-    or "evaluate" (everything). tensorboard: also write the metrics.csv rows to RUN/tensorboard/."""
+    or "evaluate" (everything). tensorboard: also write the metrics.csv rows to RUN/tensorboard/.
+    Under torchrun every process calls this and joins the process group (see distributed.py)."""
     cfg = fill_from_data(cfg.validate())
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    device = pick_device(cfg.train.device)
-    run = RunDir.create(Path(runs_dir) / name, cfg, resume=resume)
-    if resume:
-        run.write_text("config.toml", to_toml(cfg))
-    if tensorboard and until != "pretrain":
+    with session(pick_device(cfg.train.device)) as dist:
+        return _run_dtn(cfg, Path(runs_dir) / name, resume, until, tensorboard, dist)
+
+
+def _run_dtn(cfg: Config, path: Path, resume: bool, until: str, tensorboard: bool, dist: Dist) -> dict:
+    device = process_device(dist, pick_device(cfg.train.device))
+    run = start_run(cfg, path, resume, dist)
+    if tensorboard and until != "pretrain" and dist.is_main:
         open_scalar_log(run, resume)
     t0 = time.time()
     domains = load_domains(cfg)
     LOG(f"data: {cfg.data.source} {len(domains.source_train)}/{len(domains.source_test)}, "
         f"{cfg.data.target} {len(domains.target_train)}/{len(domains.target_test)} ({time.time() - t0:.0f}s)")
-    classifier = get_classifier(cfg, domains, device)
-    f = get_f(cfg, run, domains, device)
+    classifier = get_classifier(cfg, domains, device) if dist.is_main else None
+    f = get_f(cfg, run, domains, device) if dist.is_main else None
+    dist.barrier()                      # rank 0 has pretrained f and written f.safetensors
+    if f is None:
+        f = get_f(cfg, run, domains, device)
     if until == "pretrain":
-        run.set_status("pretrained")
+        if dist.is_main:
+            run.set_status("pretrained")
         return run.read_json("f.json") if (run.path / "f.json").exists() else {}
     # g and D are initialised from the global RNG: seed it here, or their first weights would depend on
     # whether f and the classifier were just trained or loaded from a cache (a resume before the first
     # checkpoint, or `dtn pretrain` then `dtn train`, would not reproduce one uninterrupted run).
     torch.manual_seed(cfg.train.seed)
-    trainer = Trainer(cfg, f, domains.source_train, domains.target_train, device)
-    run.check_space(checkpoint_bytes(trainer) * (cfg.train.keep_last + 1) + 50 * 2**20)
+    trainer = prepare(Trainer(cfg, f, domains.source_train, domains.target_train, device), dist)
+    if dist.is_main:
+        run.check_space(checkpoint_bytes(trainer) * (cfg.train.keep_last + 1) + 50 * 2**20)
     if resume and run.checkpoints():
         step = run.load_checkpoint(trainer)
-        run.truncate_metrics(step)
+        if dist.is_main:
+            run.truncate_metrics(step)
         LOG(f"resumed {run.path} at step {step}")
     shown = domains.source_test.subset(16, seed=3)          # fewer when a class subset leaves fewer
     fixed, _ = shown.to(device).batch(torch.arange(len(shown)))
-    run.set_status("training")
+    if dist.is_main:
+        run.set_status("training")
     t1 = time.time()
     try:
-        fit(trainer, run, classifier, domains, fixed)
+        fit(trainer, run, classifier, domains, fixed, dist)
     finally:
         if run.scalar_log is not None:
             run.scalar_log.close()
+    if not dist.is_main:                # rank 0 alone evaluates and reports
+        return {"steps": trainer.step, "train_seconds": round(time.time() - t1, 1)}
     if until == "train":
         run.set_status("trained")
         write_run_report(run)

@@ -93,6 +93,11 @@ class Trainer:
         self.step = 0
         self.generator = torch.Generator().manual_seed(cfg.train.seed)
         self.last_d_loss = math.inf
+        # Several processes (distributed.prepare): this one's slice of each global batch, and the DDP
+        # wrappers of g and D that the updates call. One process: the whole batch, the modules themselves.
+        self.shard: slice | None = None
+        self.g_train: nn.Module = self.g
+        self.d_train: nn.Module = self.d
 
     # ------------------------------------------------------------------ construction helpers
     def _optimizer(self, params, lr: float) -> torch.optim.Optimizer:
@@ -131,8 +136,8 @@ class Trainer:
         return self.cfg.loss.gan and not self.in_warmup
 
     def sample(self):
-        xs, ys = self.source.sample(self.cfg.train.batch_size, self.generator, self.memory_format)
-        xt, _ = self.target.sample(self.cfg.train.batch_size, self.generator, self.memory_format)
+        xs, ys = self.source.sample(self.cfg.train.batch_size, self.generator, self.memory_format, self.shard)
+        xt, _ = self.target.sample(self.cfg.train.batch_size, self.generator, self.memory_format, self.shard)
         return xs, ys, xt
 
     # ------------------------------------------------------------------ the two updates
@@ -141,7 +146,7 @@ class Trainer:
         n = xs.shape[0]
         with torch.set_grad_enabled(self.f_learns and torch.is_grad_enabled()):
             cs, ct = self.f(xs), self.f(xt)
-        out = self.g(torch.cat([cs, ct]))
+        out = self.g_train(torch.cat([cs, ct]))
         return cs, ct, out[:n], out[n:]
 
     def g_loss(self, xs, ys, xt) -> tuple[torch.Tensor, dict[str, torch.Tensor], tuple]:
@@ -167,7 +172,7 @@ class Trainer:
 
     def d_loss(self, gs: torch.Tensor, gt: torch.Tensor, xt: torch.Tensor) -> torch.Tensor:
         d_loss_fn = losses.ternary_d_loss if self.cfg.loss.discriminator == "ternary" else losses.binary_d_loss
-        return d_loss_fn(self.d(gs.detach()), self.d(gt.detach()), self.d(xt))
+        return d_loss_fn(self.d_train(gs.detach()), self.d_train(gt.detach()), self.d_train(xt))
 
     def g_update(self) -> tuple[dict[str, torch.Tensor], tuple]:
         xs, ys, xt = self.sample()

@@ -24,7 +24,9 @@ class _Features(nn.Module):
 def frechet_lenet_distance(classifier: nn.Module, real: torch.Tensor, fake: torch.Tensor, batch: int = 500) -> float:
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    metric = FrechetInceptionDistance(feature=_Features(classifier), normalize=False)
+    # sync_on_compute=False: one process computes it (rank 0 evaluates a torchrun launch); torchmetrics
+    # would otherwise gather from every rank and wait for ranks that never call it.
+    metric = FrechetInceptionDistance(feature=_Features(classifier), normalize=False, sync_on_compute=False)
     for chunk in real.split(batch):
         metric.update(chunk.float(), real=True)
     for chunk in fake.split(batch):
