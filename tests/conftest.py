@@ -71,3 +71,20 @@ def digit_folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
     """A labelled RGB 32 px source folder and a grey 28 px target folder, train/ and test/ each."""
     tmp = tmp_path_factory.mktemp("digit-folders")
     return make_digit_folder(tmp / "src", 6, 3, 32, 0), make_digit_folder(tmp / "tgt", 6, 1, 28, 1)
+
+
+@pytest.fixture(scope="session")
+def tiny_run_dir(tmp_path_factory: pytest.TempPathFactory, digit_folders, session_cache_dir: Path) -> Path:
+    """One tiny `dtn run` on the digit folders (checkpoints at steps 2 and 4), shared by the apply,
+    export and select tests: read it, or copy it before changing it. (Session fixtures run before the
+    autouse cache fixture, so the cache is redirected here too.)"""
+    from dtn.cli import main
+
+    tmp = tmp_path_factory.mktemp("tiny-run")
+    src, tgt = digit_folders
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DTN_CACHE_DIR", str(session_cache_dir))
+        mp.delenv("DTN_DATA_DIR", raising=False)
+        assert main(["--quiet", "run", "tiny", "--runs-dir", str(tmp), "--name", "t",
+                     "--set", f"data.source=folder:{src}", "--set", f"data.target=folder:{tgt}"]) == 0
+    return tmp / "t"

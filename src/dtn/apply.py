@@ -1,44 +1,94 @@
-"""Using a trained model: `DTN.load(run_dir)`, `model.transfer(images)`, and the `dtn transfer` /
+"""Using a trained model: `DTN.load(run_dir_or_bundle)`, `model.transfer(images)`, and the `dtn transfer` /
 `dtn evaluate` commands built on them. Nothing here needs the training flags: the run directory's
-config.toml and safetensors checkpoint rebuild f and g."""
+config.toml and safetensors checkpoint (or an exported bundle, see bundle.py) rebuild f and g.
+
+`dtn transfer` reads an .npz of images (-> .npz), one image file (-> one PNG) or a folder, recursively
+(-> PNGs under the output folder with the same relative names). Files are decoded by
+data/image_folder.py, so a folder that `dtn data info` accepts transfers the same way.
+"""
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from .config import Config
+from .data.image_folder import EXTENSIONS, BadImage, _list_images, decode_workers, open_image, to_mode
 from .domain import resize_uint8
-from .errors import DataError, RunError
+from .errors import ConfigError, DataError, DtnError, RunError
 from .nets import Encoder, Generator, to_images
 from .rundir import RunDir, load_module_weights
 from .weights import load_tensors
 
 
+def resolve_device(name: str | torch.device | None) -> torch.device:
+    """"auto" -> cuda when this torch sees a GPU, else cpu. Asking for cuda where there is none is an
+    error, not a silent fallback: the user asked for speed they would not get."""
+    if isinstance(name, torch.device):
+        name = str(name)
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {name!r} asked for, but this torch {torch.__version__} sees no CUDA GPU; "
+                              "use --device cpu (or auto)")
+        index = name.partition(":")[2]
+        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+            raise ConfigError(f"device {name!r}: this machine has CUDA devices 0..{torch.cuda.device_count() - 1}")
+        return torch.device(name)
+    raise ConfigError(f"unknown device {name!r}; valid: auto, cpu, cuda, cuda:N")
+
+
+def load_nets(modules: dict[str, torch.nn.Module], tensors: dict[str, torch.Tensor], where: Path) -> None:
+    """Like rundir.load_module_weights, but every module must be present in the file: a weights file
+    without g would otherwise leave g at its random initialisation and transfer noise."""
+    missing = [name for name in modules if not any(k.startswith(name + ".") for k in tensors)]
+    if missing:
+        raise RunError(f"{where}: holds no weights for {', '.join(missing)}")
+    load_module_weights(modules, tensors, where)
+
+
 class DTN:
     """A trained G = g o f for inference: uint8 numpy in, uint8 numpy out.
 
-        model = DTN.load("runs/digits")
+        model = DTN.load("runs/digits", device="auto")   # a run directory or a `dtn export` bundle
         out = model.transfer(images)      # (N,H,W,3) or (N,H,W) uint8 -> (N,S,S) or (N,S,S,3) uint8
     """
 
-    def __init__(self, cfg: Config, f: Encoder, g: Generator, device: str | torch.device = "cpu") -> None:
-        self.cfg, self.device = cfg, torch.device(device)
+    def __init__(self, cfg: Config, f: Encoder, g: Generator, device: str | torch.device = "cpu",
+                 step: int | None = None) -> None:
+        self.cfg, self.device, self.step = cfg, resolve_device(device), step
         self.f, self.g = f.to(self.device).eval(), g.to(self.device).eval()
 
     @classmethod
-    def load(cls, path: str | Path, checkpoint: str | Path | None = None, device: str = "cpu") -> "DTN":
-        run = RunDir.open(Path(path))
-        cfg = run.config()
-        if checkpoint is None:
-            ckpts = run.checkpoints()
-            if not ckpts:
-                raise RunError(f"{run.path} has no checkpoint yet (is training still at step 0?)")
-            checkpoint = ckpts[-1][1]
+    def load(cls, path: str | Path, checkpoint: int | str | Path | None = None, device: str = "auto") -> "DTN":
+        """`path`: a run directory or a model bundle (`dtn export`; its checksums are verified first).
+        `checkpoint` (run directories only): None = the latest, a step number, "best" = the step
+        `dtn select` chose, or a weights file. `device`: auto, cpu, cuda or cuda:N."""
+        from .bundle import is_bundle, read_bundle
+
+        path = Path(path)
+        if is_bundle(path):
+            if checkpoint is not None:
+                raise RunError(f"{path} is a model bundle holding one checkpoint; checkpoint= is for run directories")
+            cfg, tensors, step = read_bundle(path)
+            where = path / "weights.safetensors"
+        else:
+            run = RunDir.open(path)
+            cfg = run.config()
+            step, where = _run_checkpoint(run, checkpoint)
+            tensors = load_tensors(where)
         f, g = Encoder(cfg.nets), Generator(cfg.nets)
-        load_module_weights({"f": f, "g": g}, load_tensors(Path(checkpoint)), Path(checkpoint))
-        return cls(cfg, f, g, device)
+        load_nets({"f": f, "g": g}, tensors, where)
+        return cls(cfg, f, g, device, step)
 
     @torch.no_grad()
     def transfer_tensor(self, x: torch.Tensor, batch: int = 1000) -> torch.Tensor:
@@ -46,17 +96,40 @@ class DTN:
         return torch.cat([self.g(self.f(x[i:i + batch].to(self.device))).float().cpu()
                           for i in range(0, len(x), batch)]) if len(x) else x.new_zeros((0,))
 
-    def transfer(self, images: np.ndarray, batch: int = 1000) -> np.ndarray:
-        images = check_images(images, "images")
+    def _prepare(self, images: np.ndarray) -> torch.Tensor:
+        """uint8 (N,H,W) or (N,H,W,C) -> float (N, C_source, S, S) in [-1, 1] (antialiased resize)."""
         if images.ndim == 3:
             images = images[..., None]
         size, ch = self.cfg.nets.image_size, self.cfg.nets.source_channels
-        out = []
-        for i in range(0, len(images), batch):
-            x = resize_uint8(images[i:i + batch], size, ch).float().div_(127.5).sub_(1.0)
-            out.append(to_images(self.transfer_tensor(x, batch)).numpy())
+        return resize_uint8(images, size, ch).float().div_(127.5).sub_(1.0)
+
+    def transfer(self, images: np.ndarray | Sequence[np.ndarray], batch: int = 1000) -> np.ndarray:
+        """uint8 images -> uint8 target-domain images (N,S,S) or (N,S,S,3), in the same order.
+
+        `images`: one array (N,H,W), (N,H,W,1) or (N,H,W,3); or a list of (H,W[,C]) arrays of any sizes,
+        each resized on its own (exactly as it would be alone in an array)."""
+        if batch < 1:
+            raise ConfigError(f"batch size must be at least 1, got {batch}")
+        if isinstance(images, (list, tuple)):
+            one_by_one = [self._prepare(check_images(np.asarray(im)[None], f"images[{i}]"))
+                          for i, im in enumerate(images)]
+            chunks = (torch.cat(one_by_one[i:i + batch]) for i in range(0, len(one_by_one), batch))
+        else:
+            images = check_images(images, "images")
+            chunks = (self._prepare(images[i:i + batch]) for i in range(0, len(images), batch))
+        out = [to_images(self.transfer_tensor(x, batch)).numpy() for x in chunks]
+        size = self.cfg.nets.image_size
         result = np.concatenate(out) if out else np.zeros((0, size, size, self.cfg.nets.target_channels), np.uint8)
         return result[..., 0] if result.shape[-1] == 1 else result
+
+
+def _run_checkpoint(run: RunDir, checkpoint: int | str | Path | None) -> tuple[int | None, Path]:
+    """(step, weights file) of a run directory for DTN.load's `checkpoint` argument."""
+    if checkpoint is None or isinstance(checkpoint, int) or checkpoint == "best":
+        return run.pick_checkpoint(None if checkpoint == "best" else checkpoint, best=checkpoint == "best")
+    path = Path(checkpoint)
+    digits = path.name.removeprefix("step-").split(".")[0]
+    return (int(digits) if digits.isdigit() else None), path
 
 
 def check_images(images, where: str) -> np.ndarray:
@@ -141,12 +214,126 @@ def _check_declared_images(z, path: Path) -> None:
                         "(possible decompression bomb)")
 
 
-def transfer_npz(run: Path, input_path: Path, output_path: Path, device: str = "cpu") -> int:
+def transfer_npz(run: Path, input_path: Path, output_path: Path, device: str = "cpu", batch_size: int = 1000) -> int:
     images = read_npz_images(input_path)
-    out = DTN.load(run, device=device).transfer(images)
+    out = DTN.load(run, device=device).transfer(images, batch_size)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(output_path, images=out)
     return len(out)
+
+
+# ----------------------------------------------------------------------------- image files and folders
+@dataclass
+class TransferReport:
+    """What `dtn transfer` did: images written, and (with --skip-bad) the files skipped and why."""
+
+    output: Path
+    written: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)   # (input path, reason)
+
+
+@dataclass(frozen=True)
+class FileJob:
+    source: Path      # the image to read
+    target: Path      # the PNG to write
+    name: str         # how messages call it (the path relative to --input, or the file itself)
+
+
+def plan_files(input_path: Path, output_path: Path) -> list[FileJob]:
+    """Which PNG each input image becomes. A folder is read recursively (png, jpg, jpeg, webp, bmp;
+    hidden names and an --output inside it skipped) and keeps relative names: IN/x/y/a.jpg ->
+    OUT/x/y/a.png. One file goes to --output itself when that ends in .png, else into the --output
+    folder. Refuses, before anything is written, two inputs that would share an output name and an
+    output that would overwrite an input."""
+    if input_path.is_dir():
+        out_dir = output_path.resolve()
+        # An --output inside --input holds earlier results: they are not inputs.
+        rels = [rel for rel in _list_images(input_path) if out_dir not in (input_path / rel).resolve().parents]
+        if not rels:
+            raise DataError(f"no images (png, jpg, jpeg, webp, bmp) in {input_path}")
+        jobs = [FileJob(input_path / rel, output_path / Path(rel).with_suffix(".png"), rel) for rel in rels]
+    elif input_path.is_file():
+        if input_path.suffix.lower() not in EXTENSIONS:
+            raise DataError(f"{input_path}: not an .npz or an image file dtn reads (png, jpg, jpeg, webp, bmp)")
+        target = output_path if output_path.suffix.lower() == ".png" else output_path / (input_path.stem + ".png")
+        jobs = [FileJob(input_path, target, str(input_path))]
+    else:
+        raise DataError(f"input {input_path} does not exist")
+    seen: dict[Path, str] = {}
+    for job in jobs:
+        if job.target in seen:
+            raise DataError(f"{seen[job.target]} and {job.name} would both be written as {job.target}; rename one")
+        seen[job.target] = job.name
+        if job.target.resolve() == job.source.resolve():
+            raise DataError(f"writing {job.target} would overwrite the input image; choose another --output")
+    return jobs
+
+
+def read_image(path: Path) -> np.ndarray | str:
+    """uint8 (H, W, 3) RGB, or the reason the file cannot be used (the checks of data/image_folder.py:
+    empty, truncated, not an image, decompression bomb, odd modes composited on white)."""
+    try:
+        return np.asarray(to_mode(open_image(path), "RGB"), dtype=np.uint8)
+    except BadImage as exc:
+        return str(exc)
+
+
+def write_png(path: Path, image: np.ndarray, size: tuple[int, int] | None = None) -> None:
+    """Save one uint8 (S,S) or (S,S,3) image; `size` (w, h) resizes it back to its input's size."""
+    img = Image.fromarray(image)
+    if size is not None and img.size != size:
+        img = img.resize(size, Image.Resampling.BICUBIC)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        img.save(path, format="PNG")
+    except OSError as exc:
+        raise DtnError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def transfer_files(model: DTN, jobs: list[FileJob], batch_size: int = 256, skip_bad: bool = False,
+                   keep_size: bool = False, on_skip: Callable[[str, str], None] | None = None,
+                   output: Path | None = None) -> TransferReport:
+    """Decode, transfer and write `jobs` a batch at a time (memory stays one batch, whatever the folder).
+    An unreadable image stops the run naming it, or with skip_bad is reported to on_skip and counted."""
+    from .progress import progress
+
+    report = TransferReport(output or (jobs[0].target.parent if jobs else Path()))
+    with ThreadPoolExecutor(decode_workers()) as pool, \
+            progress(None, desc="transfer", total=len(jobs), unit="img") as bar:
+        for start in range(0, len(jobs), batch_size):
+            chunk = jobs[start:start + batch_size]
+            good = []
+            for job, image in zip(chunk, pool.map(lambda j: read_image(j.source), chunk)):
+                if isinstance(image, np.ndarray):
+                    good.append((job, image))
+                elif not skip_bad:
+                    raise DataError(f"{job.source}: {image} ({report.written} images written before it; "
+                                    "--skip-bad skips unreadable images)")
+                else:
+                    report.skipped.append((job.name, image))
+                    if on_skip:
+                        on_skip(job.name, image)
+            outs = model.transfer([image for _, image in good], batch_size) if good else []
+            for (job, image), out in zip(good, outs):
+                write_png(job.target, out, (image.shape[1], image.shape[0]) if keep_size else None)
+            report.written += len(good)
+            bar.update(len(chunk))
+    if not report.written:
+        raise DataError(f"no readable images among {len(jobs)} files ({len(report.skipped)} skipped)")
+    return report
+
+
+def transfer_path(model_path: Path, input_path: Path, output_path: Path, device: str = "auto",
+                  batch_size: int = 256, skip_bad: bool = False, keep_size: bool = False,
+                  on_skip: Callable[[str, str], None] | None = None) -> TransferReport:
+    """`dtn transfer`: an .npz of `images` -> an .npz; an image file or a folder -> PNG(s)."""
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    if input_path.suffix.lower() == ".npz":
+        return TransferReport(output_path, transfer_npz(model_path, input_path, output_path, device, batch_size))
+    jobs = plan_files(input_path, output_path)
+    model = DTN.load(model_path, device=device)
+    return transfer_files(model, jobs, batch_size, skip_bad, keep_size, on_skip, output_path)
 
 
 DEFAULT_METRICS = ("transfer_accuracy", "f_consistency", "fld", "source_baseline")

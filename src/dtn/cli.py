@@ -17,6 +17,8 @@ EPILOG = """examples:
   dtn data info mnist                  splits, counts, checksums
   dtn data show synth-digits --n 64 --out sheet.png
   dtn transfer --run runs/digits --input in.npz --output out.npz
+  dtn transfer --model bundle --input photos/ --output out/ --skip-bad
+  dtn select runs/digits && dtn export runs/digits --best --out bundle
   dtn report runs/digits               RUN/report.html: samples over training, curves, results
 data: --data-dir DIR, else $DTN_DATA_DIR, else the user cache dir. Derived files: $DTN_CACHE_DIR."""
 
@@ -191,10 +193,36 @@ def cmd_report(args) -> int:
 
 
 def cmd_transfer(args) -> int:
-    from .apply import transfer_npz
+    from .apply import transfer_path
 
-    n = transfer_npz(Path(args.run), Path(args.input), Path(args.output), device=args.device)
-    print(f"wrote {args.output}: {n} images")
+    report = transfer_path(Path(args.run), Path(args.input), Path(args.output), args.device, args.batch_size,
+                           args.skip_bad, args.keep_size,
+                           on_skip=lambda name, why: print(f"skipped {name}: {why}", file=sys.stderr))
+    skipped = f"; skipped {len(report.skipped)} unreadable (listed above)" if report.skipped else ""
+    print(f"wrote {report.output}: {report.written} images{skipped}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .bundle import export_bundle
+
+    manifest = export_bundle(Path(args.run), Path(args.out), args.checkpoint, args.best)
+    print(f"wrote {args.out}: step {manifest['step']} ({manifest['checkpoint_choice']}), "
+          f"{', '.join(manifest['files'])}, manifest.json")
+    return 0
+
+
+def cmd_select(args) -> int:
+    from .select import select_run
+
+    result = select_run(Path(args.run), args.samples, args.signals, args.device)
+    names = list(result["signals"])
+    print("step      " + " ".join(f"{n:>12s}" for n in names) + "   mean rank")
+    for row in result["checkpoints"]:
+        mark = "  <- chosen" if row["step"] == result["chosen_step"] else ""
+        print(f"{row['step']:<9d} " + " ".join(f"{row[n]:12.4f}" for n in names) + f"   {row['score']:9.2f}{mark}")
+    print(f"chosen step {result['chosen_step']} ({Path(args.run) / result['chosen_checkpoint']}); "
+          f"written to {Path(args.run) / 'select.json'}")
     return 0
 
 
@@ -329,12 +357,47 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("run", help="run directory")
     rp.add_argument("--out", help="HTML file to write (default RUN/report.html)")
 
-    t = sub.add_parser("transfer", help="apply a trained run to images in an .npz")
+    t = sub.add_parser("transfer", help="apply a trained run or bundle to an .npz, an image file or a folder",
+                       description="IN.npz (`images` uint8 (N,H,W,3) or (N,H,W)) -> OUT.npz; an image file -> "
+                       "a PNG; a folder (recursive: png, jpg, jpeg, webp, bmp) -> PNGs under OUT with the same "
+                       "relative names (IN/x/a.jpg -> OUT/x/a.png).")
     t.set_defaults(fn=cmd_transfer)
-    t.add_argument("--run", required=True, help="run directory")
-    t.add_argument("--input", required=True, help=".npz with `images`: uint8 (N,H,W,3) or (N,H,W)")
-    t.add_argument("--output", required=True, help=".npz to write: `images` uint8 (N,S,S) or (N,S,S,3)")
-    t.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    t.add_argument("--run", "--model", dest="run", required=True, help="run directory or `dtn export` bundle")
+    t.add_argument("--input", required=True, help=".npz with `images`, an image file, or a folder of images")
+    t.add_argument("--output", required=True, help=".npz for an .npz input; a .png file or a folder otherwise")
+    t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto; cuda where "
+                   "there is none is an error)")
+    t.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
+    t.add_argument("--skip-bad", action="store_true",
+                   help="skip unreadable image files (each is named, then counted) instead of stopping")
+    t.add_argument("--keep-size", action="store_true",
+                   help="resize each output PNG back to its input's width and height (default: the model's size)")
+    t.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS,
+                   help="no progress bar (also `dtn --quiet transfer ...`)")
+
+    x = sub.add_parser("export", help="write a model bundle: weights, config, model card, manifest",
+                       description="Bundle one checkpoint of a run for `DTN.load` / `dtn transfer --model`: "
+                       "weights.safetensors (f and g), config.toml, model_card.md, manifest.json (sha256 of each).")
+    x.set_defaults(fn=cmd_export)
+    x.add_argument("run", help="run directory")
+    x.add_argument("--out", required=True, help="bundle folder to create (must not hold files)")
+    which = x.add_mutually_exclusive_group()
+    which.add_argument("--checkpoint", type=int, metavar="STEP", help="the checkpoint of this step (default: latest)")
+    which.add_argument("--best", action="store_true", help="the checkpoint `dtn select` chose")
+
+    s = sub.add_parser("select", help="choose the best checkpoint without target labels (writes select.json)",
+                       description="Score every checkpoint on label-free signals, combine them by rank average, "
+                       "write RUN/select.json and print the chosen step. Default signals: feature_fd (Fréchet "
+                       "distance of f's mid-level features of G(source test) vs target test) and pixel_fd (the "
+                       "same on 8x8 pooled pixels); also recorded: code_fd, f_agreement, d_real (see "
+                       "src/dtn/select.py for why they are not in the default). The chosen checkpoint is never "
+                       "pruned; `dtn export --best` uses it.")
+    s.set_defaults(fn=cmd_select)
+    s.add_argument("run", help="run directory")
+    s.add_argument("--samples", type=int, default=2000, help="source and target test images used (default 2000)")
+    s.add_argument("--signals", help="comma-separated signals to combine, of feature_fd, pixel_fd, code_fd, "
+                   "f_agreement, d_real (default feature_fd,pixel_fd)")
+    s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
 
     w = sub.add_parser("serve", help="a local web page: upload an image, see and download its transfer",
                        description="Serve a page where an uploaded image (or a source test sample) is transferred "

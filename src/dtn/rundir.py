@@ -9,6 +9,8 @@
       checkpoints/step-000500.state.pt      optimizers, step, RNG states (loaded weights_only)
       samples/step-000500.png               the fixed source batch transferred at that step
       results.json           final metrics
+      select.json            `dtn select`: label-free signals per checkpoint and the chosen step
+                             (that checkpoint is never pruned: keep-last-N plus keep-best)
       report.html            `dtn report`: one self-contained page (sweep, curves, numbers, config)
       tensorboard/           the metrics.csv rows as TensorBoard scalars (only with --tensorboard)
 """
@@ -219,10 +221,37 @@ class RunDir:
         self._prune(keep_last, keep)
         return path
 
+    def selected_step(self) -> int | None:
+        """The step `dtn select` chose (select.json), or None when select has not been run here."""
+        if not (self.path / "select.json").is_file():
+            return None
+        step = self.read_json("select.json").get("chosen_step")
+        return None if step is None else int(step)
+
+    def pick_checkpoint(self, step: int | None = None, best: bool = False) -> tuple[int, Path]:
+        """(step, weights path): the latest by default, a given step, or (best) the one `dtn select` chose."""
+        ckpts = self.checkpoints()
+        if not ckpts:
+            raise RunError(f"{self.path} has no checkpoint yet (is training still at step 0?)")
+        if best:
+            step = self.selected_step()
+            if step is None:
+                raise RunError(f"{self.path} has no select.json: run `dtn select {self.path}` first")
+        if step is None:
+            return ckpts[-1]
+        for s, path in ckpts:
+            if s == step:
+                return s, path
+        raise RunError(f"{self.path} has no checkpoint at step {step}; it has steps "
+                       f"{', '.join(str(s) for s, _ in ckpts)}")
+
     def _prune(self, keep_last: int, keep: tuple[int, ...]) -> None:
+        """Keep the last `keep_last` checkpoints, the steps in `keep`, and the selected one (keep-best)."""
         ckpts = self.checkpoints()
         if keep_last <= 0:
             return
+        selected = self.selected_step()
+        keep = tuple(keep) + (() if selected is None else (selected,))
         for step, path in ckpts[:-keep_last]:
             if step not in keep:
                 path.unlink(missing_ok=True)
