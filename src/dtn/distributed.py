@@ -17,6 +17,8 @@ Each choice keeps an N-process run the same computation as one process with the 
   (`g_train`, `d_train`) only where it trains them.
 - Rank 0 writes everything (run dir, metrics, checkpoints, samples, report) and evaluates. The
   others wait at a barrier after each checkpoint, and their stdout goes to /dev/null.
+One thing is not the same as one process: with loss.const_augment, the blur falls on the first half
+of each process's slice instead of the first half of the global batch (still half the images).
 """
 from __future__ import annotations
 
