@@ -67,6 +67,9 @@ class DTN:
                  step: int | None = None) -> None:
         self.cfg, self.device, self.step = cfg, resolve_device(device), step
         self.f, self.g = f.to(self.device).eval(), g.to(self.device).eval()
+        if cfg.train.channels_last:
+            self.f.to(memory_format=torch.channels_last)
+            self.g.to(memory_format=torch.channels_last)
 
     @classmethod
     def load(cls, path: str | Path, checkpoint: int | str | Path | None = None, device: str = "auto") -> "DTN":
@@ -90,11 +93,22 @@ class DTN:
         load_nets({"f": f, "g": g}, tensors, where)
         return cls(cfg, f, g, device, step)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def transfer_tensor(self, x: torch.Tensor, batch: int = 1000) -> torch.Tensor:
-        """float source images [-1, 1] (N, C, S, S) -> float target images [-1, 1]."""
-        return torch.cat([self.g(self.f(x[i:i + batch].to(self.device))).float().cpu()
-                          for i in range(0, len(x), batch)]) if len(x) else x.new_zeros((0,))
+        """float source images [-1, 1] (N, C, S, S) -> float target images [-1, 1].
+
+        Runs with the run's precision (bf16 autocast by default) and channels_last, exactly as the
+        Trainer's evaluation does: the images out are the ones `dtn run` scored, and about 2x faster."""
+        if not len(x):
+            return x.new_zeros((0,))
+        fmt = torch.channels_last if self.cfg.train.channels_last else torch.contiguous_format
+        bf16 = self.cfg.train.precision == "bf16"
+        outs = []
+        for i in range(0, len(x), batch):
+            chunk = x[i:i + batch].to(self.device).contiguous(memory_format=fmt)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+                outs.append(self.g(self.f(chunk)).float().cpu())
+        return torch.cat(outs)
 
     def _prepare(self, images: np.ndarray) -> torch.Tensor:
         """uint8 (N,H,W) or (N,H,W,C) -> float (N, C_source, S, S) in [-1, 1] (antialiased resize)."""
