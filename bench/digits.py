@@ -29,23 +29,28 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", action="append", default=[])
     p.add_argument("--runs-dir", default="runs/bench")
+    p.add_argument("--resume", metavar="NAME", default="",
+                   help="continue a stopped bench run runs-dir/NAME (exact resume) and write its JSON; "
+                        "its wall time is then not recorded (the curve keeps the training seconds)")
     args = p.parse_args()
     overrides = {"train.seed": str(args.seed), **parse_set_args(args.set)}
     cfg = apply_overrides(preset(args.preset), overrides)
-    name = f"{args.preset}-s{args.seed}-{int(time.time())}"
+    name = args.resume or f"{args.preset}-s{args.seed}-{int(time.time())}"
     t0 = time.time()
-    final = run_dtn(cfg, Path(args.runs_dir), name)
-    wall = time.time() - t0
+    if args.resume:
+        cfg = RunDir.open(Path(args.runs_dir) / name).config()
+    final = run_dtn(cfg, Path(args.runs_dir), name, resume=bool(args.resume))
+    wall = None if args.resume else time.time() - t0
     run = RunDir(Path(args.runs_dir) / name)
     curve = [{k: float(v) for k, v in row.items() if v != ""} for row in run.read_metrics()]
     first_90 = next((r for r in curve if r.get("transfer_accuracy", 0) >= 0.90), None)
     out = {
         "command": "python bench/digits.py " + " ".join(sys.argv[1:]),
-        "preset": args.preset, "overrides": overrides, "config": to_dict(cfg),
+        "preset": args.preset, "overrides": overrides, "config": to_dict(cfg), "resumed": bool(args.resume),
         "transfer_accuracy": final["transfer_accuracy"], "fld": final["fld"],
         "f_consistency": final["f_consistency"], "source_baseline_accuracy": final["source_baseline_accuracy"],
         "n_source_test": final["n_source_test"], "steps": final["steps"],
-        "wall_seconds_total": round(wall, 1), "train_seconds": final["train_seconds"],
+        "wall_seconds_total": None if wall is None else round(wall, 1), "train_seconds": final["train_seconds"],
         "first_eval_at_or_above_90": first_90 and {"step": first_90["step"], "seconds": first_90["seconds"],
                                                    "accuracy_on_eval_subset": first_90["transfer_accuracy"]},
         "goal_90_met": final["transfer_accuracy"] >= 0.90, "goal_97_met": final["transfer_accuracy"] >= 0.97,
@@ -57,7 +62,8 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"digits_{args.preset}_s{args.seed}.json"
     path.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {path}: accuracy {final['transfer_accuracy']:.2%} in {wall / 60:.1f} min")
+    took = "" if wall is None else f" in {wall / 60:.1f} min"
+    print(f"wrote {path}: accuracy {final['transfer_accuracy']:.2%}{took}")
 
 
 if __name__ == "__main__":
