@@ -80,6 +80,8 @@ def test_resume_continues_to_more_steps(tiny_run: Path, tmp_path: Path):
     assert after[:len(before)] == before, "rows up to the checkpoint are kept"
     steps = [int(line.split(",")[0]) for line in after[1:]]
     assert steps == sorted(set(steps)) and steps[-1] == 6, "no duplicated or missing steps"
+    seconds = [float(line.split(",")[1]) for line in after[1:]]
+    assert seconds == sorted(seconds), "the training clock continues across the resume"
     assert "steps = 6" in (run / "config.toml").read_text()
 
 

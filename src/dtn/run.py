@@ -224,7 +224,10 @@ def fit(trainer: Trainer, run: RunDir, classifier: LeNet | None, domains: Domain
     eval_src = domains.source_test.subset(t.eval_samples, seed=2)
     eval_tgt = domains.target_test.subset(t.eval_samples, seed=2)
     sums: dict[str, torch.Tensor] = {}
-    count, t0 = 0, time.time()
+    # The seconds column is training time across resumes: a resumed run continues the clock of the
+    # row it resumed from, so curves and time-to-accuracy read the same as an uninterrupted run's.
+    done = [r for r in run.read_metrics() if int(r["step"]) <= trainer.step] if dist.is_main else []
+    count, t0 = 0, time.time() - (float(done[-1]["seconds"]) if done else 0.0)
     with _StopSignals() as stop:
         for _ in progress(range(trainer.step, t.steps), desc="train DTN", total=t.steps - trainer.step):
             for k, v in trainer.train_step().values.items():
