@@ -90,3 +90,13 @@ def test_a_checkpoint_without_its_state_file_does_not_count(tmp_path: Path):
     assert run.checkpoints() == []
     with pytest.raises(RunError, match="no complete checkpoint"):
         run.load_checkpoint(_trainer())
+
+
+def test_atomically_written_files_are_readable_by_others(tmp_path: Path):
+    """mkstemp creates 0600 files; a report or weights file shared with a colleague must not be."""
+    from dtn.weights import atomic_write
+
+    target = tmp_path / "report.html"
+    atomic_write(target, lambda tmp: Path(tmp).write_text("<html></html>"))
+    assert target.stat().st_mode & 0o777 == 0o644
+    assert not list(tmp_path.glob("*.tmp"))
