@@ -54,7 +54,7 @@ from tqdm import tqdm
 from ..errors import DataError
 from ..progress import quiet
 from .base import DatasetSource, FileCheck, Split, atomic_save_npy, cache_root, load_npy
-from .parallel import chunk_rng, chunk_sizes, default_workers, run_chunks
+from .parallel import chunk_rng, chunk_sizes, default_workers, run_chunks, size_from_env
 
 NAME = "avatars"
 #: Bump whenever the pictures (or options) for a given (styles, size, n, seed) change: part of the cache name.
@@ -442,16 +442,7 @@ def current_styles() -> tuple[str, ...]:
 
 def split_size(split: str) -> int:
     """Avatars in a split: $DTN_AVATARS_{TRAIN,TEST}_N, else the default."""
-    raw = os.environ.get(SIZE_ENV[split])
-    if raw is None or raw.strip() == "":
-        return DEFAULT_SIZES[split]
-    try:
-        n = int(raw)
-    except ValueError:
-        n = 0
-    if n <= 0:
-        raise DataError(f"{SIZE_ENV[split]}={raw!r}: must be a positive whole number of avatars")
-    return n
+    return size_from_env(SIZE_ENV[split], DEFAULT_SIZES[split], "avatars")
 
 
 def cache_paths(split: str, size: int, styles: tuple[str, ...]) -> tuple[Path, Path, Path]:

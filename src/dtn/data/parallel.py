@@ -25,6 +25,22 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
+def size_from_env(variable: str, default: int, noun: str = "images") -> int:
+    """A split's size from an environment variable (tests use tiny splits this way), else the default."""
+    from ..errors import DataError
+
+    raw = os.environ.get(variable)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        n = int(raw)
+    except ValueError:
+        n = 0
+    if n <= 0:
+        raise DataError(f"{variable}={raw!r}: must be a positive whole number of {noun}")
+    return n
+
+
 def chunk_rng(seed: int, chunk: int) -> np.random.Generator:
     """The independent random stream of one chunk: the same for every worker count and every n."""
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(chunk,)))

@@ -49,7 +49,7 @@ from tqdm import tqdm
 from ..errors import DataError
 from ..progress import quiet
 from .base import DatasetSource, FileCheck, Split, atomic_save_npy, cache_root, load_npy
-from .parallel import chunk_rng, default_workers as _default_workers, run_chunks
+from .parallel import chunk_rng, default_workers as _default_workers, run_chunks, size_from_env
 
 NAME = "synth-digits"
 #: Bump whenever the pictures for a given (n, seed, size) change; it is part of the cache name.
@@ -596,16 +596,7 @@ def _run_jobs(jobs: list, workers: int):
 
 def split_size(split: str) -> int:
     """Number of pictures in a split: $DTN_SYNTH_{TRAIN,TEST}_N, else the default."""
-    raw = os.environ.get(SIZE_ENV[split])
-    if raw is None or raw.strip() == "":
-        return DEFAULT_SIZES[split]
-    try:
-        n = int(raw)
-    except ValueError:
-        n = 0
-    if n <= 0:
-        raise DataError(f"{SIZE_ENV[split]}={raw!r}: must be a positive whole number of images")
-    return n
+    return size_from_env(SIZE_ENV[split], DEFAULT_SIZES[split], "images")
 
 
 def cache_paths(split: str) -> tuple[Path, Path]:
