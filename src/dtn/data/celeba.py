@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import DataError
 from .base import DatasetSource, FileCheck, Split, atomic_save_npy, cache_root, load_npy, md5_file
-from .image_folder import BadImage, decode_workers, open_image, to_mode
+from .image_folder import decode_workers, open_listed_rgb
 
 NAME = "celeba-sample"
 IMAGE_SIZE = 96
@@ -89,12 +89,7 @@ def read_index(root: Path, test_identities: int = TEST_IDENTITIES, seed: int = S
 
 
 def _decode(path: Path) -> np.ndarray:
-    if not path.is_file():
-        raise DataError(f"missing file {path} (listed in identities.csv); {HOW_TO_GET}")
-    try:
-        img = to_mode(open_image(path), "RGB")
-    except BadImage as exc:
-        raise DataError(f"{path}: {exc}") from None
+    img = open_listed_rgb(path, "identities.csv", HOW_TO_GET)
     if img.size != (IMAGE_SIZE, IMAGE_SIZE):
         raise DataError(f"{path}: image is {img.size[0]}x{img.size[1]}, expected {IMAGE_SIZE}x{IMAGE_SIZE}")
     return np.asarray(img, dtype=np.uint8)

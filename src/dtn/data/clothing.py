@@ -21,7 +21,7 @@ from PIL import Image
 from ..errors import DataError
 from .base import DatasetSource, FileCheck, Split, atomic_save_npy, cache_root, load_npy, md5_file
 from .idx import FASHION_MNIST
-from .image_folder import WHITE, BadImage, decode_workers, open_image, path_fraction, to_mode
+from .image_folder import WHITE, decode_workers, open_listed_rgb, path_fraction
 
 NAME = "clothing"
 IMAGE_SIZE = 64
@@ -96,12 +96,7 @@ def pad_resize(img: Image.Image, size: int = IMAGE_SIZE) -> Image.Image:
 
 
 def _decode(path: Path) -> np.ndarray:
-    if not path.is_file():
-        raise DataError(f"missing file {path} (listed in labels.csv); {HOW_TO_GET}")
-    try:
-        img = to_mode(open_image(path, draft=IMAGE_SIZE), "RGB")
-    except BadImage as exc:
-        raise DataError(f"{path}: {exc}") from None
+    img = open_listed_rgb(path, "labels.csv", HOW_TO_GET, draft=IMAGE_SIZE)
     return np.asarray(pad_resize(img), dtype=np.uint8)
 
 

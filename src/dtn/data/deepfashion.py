@@ -31,7 +31,7 @@ from ..errors import DataError
 from .base import DatasetSource, FileCheck, Split, atomic_save_npy, cache_root, load_npy, md5_file
 from .clothing import pad_resize
 from .idx import FASHION_MNIST
-from .image_folder import BadImage, decode_workers, open_image, to_mode
+from .image_folder import decode_workers, open_listed_rgb
 
 NAME = "deepfashion"
 IMAGE_SIZE = 64
@@ -172,12 +172,7 @@ def read_index(root: Path) -> DeepFashionIndex:
 def _decode(args: tuple[Path, tuple[int, int, int, int]]) -> np.ndarray:
     """Crop to the box (clamped to the picture), pad to a square on white, resize."""
     path, (x1, y1, x2, y2) = args
-    if not path.is_file():
-        raise DataError(f"missing file {path} (listed in {LIST_FILES['img']}); {HOW_TO_GET}")
-    try:
-        img = to_mode(open_image(path), "RGB")
-    except BadImage as exc:
-        raise DataError(f"{path}: {exc}") from None
+    img = open_listed_rgb(path, LIST_FILES["img"], HOW_TO_GET)
     w, h = img.size
     box = (min(x1, w - 1), min(y1, h - 1), min(max(x2, x1 + 1), w), min(max(y2, y1 + 1), h))
     return np.asarray(pad_resize(img.crop(box), IMAGE_SIZE), dtype=np.uint8)

@@ -112,6 +112,16 @@ def _sixteen_bit_to_l(img: Image.Image) -> Image.Image:
     return Image.fromarray(out.astype(np.uint8), "L")
 
 
+def open_listed_rgb(path: Path, listed_in: str, how_to_get: str, draft: int | None = None) -> Image.Image:
+    """An image named by a dataset's list file, as RGB; a missing or bad file is a one-line DataError."""
+    if not path.is_file():
+        raise DataError(f"missing file {path} (listed in {listed_in}); {how_to_get}")
+    try:
+        return to_mode(open_image(path, draft=draft), "RGB")
+    except BadImage as exc:
+        raise DataError(f"{path}: {exc}") from None
+
+
 def to_mode(img: Image.Image, mode: str = "RGB") -> Image.Image:
     """Grey, RGB, RGBA/LA/PA (composited on white), palette, 1-bit, 16-bit, CMYK, YCbCr -> `mode` (RGB or L)."""
     m = img.mode
