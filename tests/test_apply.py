@@ -141,3 +141,18 @@ def test_an_output_folder_inside_the_input_is_not_read_again(tiny_run_dir: Path,
         assert main(["--quiet", "transfer", "--run", str(tiny_run_dir), "--input", str(photo_folder),
                      "--output", str(photo_folder / "out")]) == 0
     assert set(_outputs(photo_folder / "out")) == set(EXPECTED)
+
+
+def test_a_run_that_averaged_g_transfers_with_the_average(digit_folders, tmp_path: Path):
+    """train.g_ema: evaluation used the moving average, so DTN.load (and export, select) must too."""
+    from dtn.weights import load_tensors
+
+    src, tgt = digit_folders
+    assert main(["--quiet", "run", "tiny", "--runs-dir", str(tmp_path), "--name", "ema", "--set", "train.g_ema=0.5",
+                 "--set", f"data.source=folder:{src}", "--set", f"data.target=folder:{tgt}"]) == 0
+    ckpt = sorted((tmp_path / "ema" / "checkpoints").glob("*.safetensors"))[-1]
+    tensors = load_tensors(ckpt)
+    model = DTN.load(tmp_path / "ema", device="cpu")
+    loaded = model.g.state_dict()
+    assert all(torch.equal(loaded[k], tensors["g_ema." + k]) for k in loaded)
+    assert any(not torch.equal(tensors["g." + k], tensors["g_ema." + k]) for k in loaded if "weight" in k)

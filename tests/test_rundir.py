@@ -100,3 +100,13 @@ def test_atomically_written_files_are_readable_by_others(tmp_path: Path):
     atomic_write(target, lambda tmp: Path(tmp).write_text("<html></html>"))
     assert target.stat().st_mode & 0o777 == 0o644
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_inference_weights_prefer_the_moving_average_of_g():
+    import torch
+    from dtn.rundir import inference_weights
+
+    plain = {"f.w": torch.zeros(1), "g.w": torch.ones(1), "d.w": torch.full((1,), 2.0)}
+    assert inference_weights(plain) is plain
+    averaged = inference_weights({**plain, "g_ema.w": torch.full((1,), 5.0)})
+    assert set(averaged) == {"f.w", "g.w", "d.w"} and float(averaged["g.w"]) == 5.0

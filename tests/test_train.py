@@ -505,9 +505,10 @@ def _run(trainer: Trainer, steps: int) -> list[dict[str, torch.Tensor]]:
     return [trainer.train_step().values for _ in range(steps)]
 
 
-def test_exact_resume(tmp_path):
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_exact_resume(tmp_path, ema):
     cfg = make_cfg(train__steps=6, train__warmup_steps=1, optim__schedule="cosine", train__g_steps=2,
-                   train__d_steps=2)
+                   train__d_steps=2, train__g_ema=ema)
     straight = make_trainer(cfg, seed=0)
     full = _run(straight, 6)
 
@@ -528,8 +529,9 @@ def test_exact_resume(tmp_path):
         assert a.keys() == b.keys(), step
         for k in a:
             assert torch.equal(a[k], b[k]), f"step {step}: {k} differs after resume ({a[k]} vs {b[k]})"
-    for name in ("f", "g", "d"):
-        want, got = getattr(straight, name).state_dict(), getattr(fresh, name).state_dict()
+    assert set(fresh.modules()) == ({"f", "g", "d", "g_ema"} if ema else {"f", "g", "d"})
+    for name, module in straight.modules().items():
+        want, got = module.state_dict(), fresh.modules()[name].state_dict()
         for k in want:
             assert torch.equal(want[k], got[k]), f"{name}.{k} differs after resume"
     assert fresh.step == straight.step == 6
@@ -565,3 +567,54 @@ def test_jitter_shifts_within_two_pixels_and_is_seeded():
     assert torch.equal(a, b)
     ys, xs = torch.nonzero(a[-1, 0] > 0.5, as_tuple=True)  # the last image is never blurred
     assert ys.min() >= 1 and ys.max() <= 6 and xs.min() >= 1 and xs.max() <= 6
+
+
+# ----------------------------------------------------------------------------- g_ema (deviation)
+
+def test_g_ema_off_by_default():
+    t = make_trainer()
+    t.train_step()
+    assert t.g_ema is None and t.g_eval is t.g and "g_ema" not in t.modules()
+
+
+def test_g_ema_copies_g_in_warmup_then_averages():
+    t = make_trainer(train__g_ema=0.9, train__warmup_steps=1)
+    t.train_step()                                    # warm-up: the average is g itself
+    assert all(torch.equal(a, b) for a, b in zip(t.g_ema.state_dict().values(), t.g.state_dict().values()))
+    before = params_snapshot(t.g_ema)
+    for _ in range(3):
+        t.train_step()
+    ema, g = dict(t.g_ema.named_parameters()), dict(t.g.named_parameters())
+    assert changed_params(t.g_ema, before), "the average never moved"
+    assert any(not torch.equal(ema[k], g[k]) for k in g), "after GAN updates the average should lag g"
+    assert all(not p.requires_grad and p.grad is None for p in t.g_ema.parameters())
+    assert t.ema_updates == 3 * t.cfg.train.g_steps
+
+
+def test_g_ema_lerp_weight_follows_ramp():
+    t = make_trainer(train__g_ema=0.99)
+    for p in t.g_ema.parameters():
+        p.data.zero_()
+    t.update_ema()                                   # k = 0: decay min(.99, 1/10) -> weight .9 on g
+    p_ema, p_g = next(t.g_ema.parameters()), next(t.g.parameters())
+    assert torch.allclose(p_ema, 0.9 * p_g.detach())
+
+
+def test_transfer_uses_g_ema():
+    t = make_trainer(train__g_ema=0.9)
+    with torch.no_grad():
+        for p in t.g_ema.parameters():
+            p.add_(torch.randn_like(p))
+    x = torch.zeros(2, 3, 32, 32)
+    t.g_ema.eval()
+    with torch.no_grad():
+        want = t.g_ema(t.f(x))
+        other = t.g.eval()(t.f(x))
+    t.g.train()
+    assert torch.allclose(t.transfer(x), want) and not torch.allclose(want, other)
+
+
+def test_g_ema_out_of_range_is_refused():
+    from dtn.errors import ConfigError
+    with pytest.raises(ConfigError, match="g_ema"):
+        make_cfg(train__g_ema=1.0).validate()

@@ -22,7 +22,7 @@ from .data.image_folder import EXTENSIONS, BadImage, _list_images, decode_worker
 from .domain import resize_uint8
 from .errors import ConfigError, DataError, DtnError, RunError
 from .nets import Encoder, Generator, to_images
-from .rundir import RunDir, load_module_weights
+from .rundir import RunDir, inference_weights, load_module_weights
 from .weights import load_tensors
 
 
@@ -88,7 +88,7 @@ class DTN:
             run = RunDir.open(path)
             cfg = run.config()
             step, where = _run_checkpoint(run, checkpoint)
-            tensors = load_tensors(where)
+            tensors = inference_weights(load_tensors(where))
         f, g = Encoder(cfg.nets), Generator(cfg.nets)
         load_nets({"f": f, "g": g}, tensors, where)
         return cls(cfg, f, g, device, step)

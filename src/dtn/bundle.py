@@ -28,7 +28,7 @@ import torch
 from . import __version__
 from .config import Config, load_toml, to_toml
 from .errors import DataError, RunError
-from .rundir import RunDir
+from .rundir import RunDir, inference_weights
 from .weights import atomic_write, load_tensors, save_tensors
 
 BUNDLE_FORMAT = "dtn-model-bundle"
@@ -68,7 +68,7 @@ def export_bundle(run_path: Path, out: Path, step: int | None = None, best: bool
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise BundleError(f"{out} already exists and is not an empty folder; choose a new --out")
-    tensors = {k: v for k, v in load_tensors(ckpt).items() if k.split(".", 1)[0] in BUNDLE_MODULES}
+    tensors = {k: v for k, v in inference_weights(load_tensors(ckpt)).items() if k.split(".", 1)[0] in BUNDLE_MODULES}
     missing = [m for m in BUNDLE_MODULES if not any(k.startswith(m + ".") for k in tensors)]
     if missing:
         raise RunError(f"{ckpt}: holds no weights for {', '.join(missing)}")

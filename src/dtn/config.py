@@ -70,6 +70,8 @@ class TrainConfig:
     f_mode: str = "pretrained"        # pretrained (paper, frozen) | random (frozen, no pretraining)
                                       # | joint (G without f: f trained with g from scratch)
     f_trainable: bool = False         # deviation: L_CONST also updates a pretrained f
+    g_ema: float = 0.0                # deviation: evaluate, checkpoint-select and export an exponential
+                                      # moving average of g's weights (decay per G update; 0 = off)
     seed: int = 0
     device: str = "auto"              # auto | cpu | cuda | cuda:N
     precision: str = "bf16"           # bf16 (autocast) | fp32
@@ -114,6 +116,7 @@ class Config:
             (self.train.precision in ("bf16", "fp32"), "train.precision must be bf16 or fp32"),
             (self.train.steps >= 0 and self.train.batch_size > 0, "train.steps >= 0 and train.batch_size > 0"),
             (self.train.d_steps >= 0 and self.train.g_steps >= 1, "train.d_steps >= 0 and train.g_steps >= 1"),
+            (0.0 <= self.train.g_ema < 1.0, "train.g_ema must be in [0, 1) (0 = off)"),
             (self.nets.d_classes == (3 if self.loss.discriminator == "ternary" else 2),
              "nets.d_classes must be 3 for a ternary D and 2 for a binary D"),
         ]

@@ -277,6 +277,16 @@ class RunDir:
         return trainer.step
 
 
+def inference_weights(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A checkpoint's tensors with g's weights replaced by g_ema's when the run averaged g (train.g_ema):
+    the g that was evaluated is the one to transfer, select and export."""
+    ema = {k: v for k, v in tensors.items() if k.startswith("g_ema.")}
+    if not ema:
+        return tensors
+    rest = {k: v for k, v in tensors.items() if not k.startswith(("g.", "g_ema."))}
+    return {**rest, **{"g." + k[len("g_ema."):]: v for k, v in ema.items()}}
+
+
 def load_module_weights(modules: dict[str, torch.nn.Module], tensors: dict[str, torch.Tensor], path: Path) -> None:
     for name, module in modules.items():
         prefix = name + "."

@@ -55,7 +55,7 @@ from .errors import ConfigError, RunError
 from .metrics import batched
 from .metrics.fld import frechet_distance
 from .nets import Discriminator, Encoder, Generator
-from .rundir import RunDir
+from .rundir import RunDir, inference_weights
 from .weights import load_tensors
 
 SELECT_FORMAT = 1
@@ -195,7 +195,7 @@ def select_run(run_path: Path, samples: int = 2000, signals: str | tuple[str, ..
     nets = {"f": Encoder(cfg.nets), "g": Generator(cfg.nets), "d": Discriminator(cfg.nets)}
     rows = []
     for step, path in progress(ckpts, desc="select", total=len(ckpts)):
-        load_nets(nets, load_tensors(path), path)
+        load_nets(nets, inference_weights(load_tensors(path)), path)
         f, g, d = (nets[k].to(dev).eval() for k in ("f", "g", "d"))
         rows.append({"step": step, "checkpoint": f"checkpoints/{path.name}",
                      **checkpoint_signals(f, g, d, source, target, cfg.nets.code_dim)})

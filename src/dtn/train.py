@@ -7,6 +7,7 @@ Which parameters each loss updates (DESIGN.md §1):
 """
 from __future__ import annotations
 
+import copy
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -90,6 +91,9 @@ class Trainer:
         g_params = list(self.g.parameters()) + (list(self.f.parameters()) if self.f_learns else [])
         self.opt_g = self._optimizer(g_params, cfg.optim.lr_g)
         self.opt_d = self._optimizer(self.d.parameters(), cfg.optim.lr_d)
+        # Deviation (train.g_ema > 0): a moving average of g's weights, what evaluation and transfer use.
+        self.g_ema = copy.deepcopy(self.g).eval().requires_grad_(False) if cfg.train.g_ema > 0 else None
+        self.ema_updates = 0
         self.step = 0
         self.generator = torch.Generator().manual_seed(cfg.train.seed)
         self.last_d_loss = math.inf
@@ -183,9 +187,30 @@ class Trainer:
         self.opt_g.zero_grad(set_to_none=True)
         total.backward()
         self.opt_g.step()
+        self.update_ema()
         set_requires_grad(self.d, True)
         parts["g_total"] = total
         return {k: v.detach() for k, v in parts.items()}, (fakes[0].detach(), fakes[1].detach(), xt)
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """g_ema <- lerp towards g. A copy of g until the GAN starts (warm-up images are not digits yet),
+        then decay min(g_ema, (1+k)/(10+k)) after k GAN updates, so the average forgets the start quickly.
+        BN running statistics are averaged the same way, to match the averaged weights."""
+        if self.g_ema is None:
+            return
+        if self.gan_active:
+            k = self.ema_updates
+            weight = 1.0 - min(self.cfg.train.g_ema, (1 + k) / (10 + k))
+            self.ema_updates += 1
+        else:
+            weight = 1.0
+        ema = [t for t in (*self.g_ema.parameters(), *self.g_ema.buffers()) if t.is_floating_point()]
+        new = [t for t in (*self.g.parameters(), *self.g.buffers()) if t.is_floating_point()]
+        torch._foreach_lerp_(ema, new, weight)
+        for a, b in zip(self.g_ema.buffers(), self.g.buffers()):
+            if not a.is_floating_point():
+                a.copy_(b)
 
     def d_update(self, fakes: tuple | None) -> torch.Tensor | None:
         floor = self.cfg.train.d_loss_floor
@@ -221,6 +246,11 @@ class Trainer:
         return StepOutput(parts)
 
     # ------------------------------------------------------------------ inference
+    @property
+    def g_eval(self) -> nn.Module:
+        """The g that evaluation and transfer use: the moving average when train.g_ema is on."""
+        return self.g_ema if self.g_ema is not None else self.g
+
     @torch.no_grad()
     def transfer(self, x: torch.Tensor) -> torch.Tensor:
         """G(x) in eval mode, float [-1, 1]."""
@@ -228,14 +258,15 @@ class Trainer:
         self.g.eval()
         self.f.eval()
         with self.autocast():
-            out = self.g(self.f(x.contiguous(memory_format=self.memory_format))).float()
+            out = self.g_eval(self.f(x.contiguous(memory_format=self.memory_format))).float()
         self.g.train(was[0])
         self.f.train(was[1])
         return out
 
     # ------------------------------------------------------------------ state
     def modules(self) -> dict[str, nn.Module]:
-        return {"f": self.f, "g": self.g, "d": self.d}
+        extra = {"g_ema": self.g_ema} if self.g_ema is not None else {}
+        return {"f": self.f, "g": self.g, "d": self.d, **extra}
 
     def state_dict(self) -> dict:
         """Everything but the weights (those go to safetensors): optimizers, step, RNGs."""
@@ -246,6 +277,7 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "code_scale": self.code_scale,
             "last_d_loss": self.last_d_loss,
+            "ema_updates": self.ema_updates,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -256,3 +288,4 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
         self.code_scale = state["code_scale"]
         self.last_d_loss = float(state["last_d_loss"])
+        self.ema_updates = int(state.get("ema_updates", 0))
