@@ -4,7 +4,9 @@ config.toml and safetensors checkpoint (or an exported bundle, see bundle.py) re
 
 `dtn transfer` reads an .npz of images (-> .npz), one image file (-> one PNG) or a folder, recursively
 (-> PNGs under the output folder with the same relative names). Files are decoded by
-data/image_folder.py, so a folder that `dtn data info` accepts transfers the same way.
+data/image_folder.py, so a folder that `dtn data info` accepts transfers the same way. For a run whose
+target is the avatars domain, `--avatar-svg DIR` also turns each G(x) into a real, editable avatar
+(DIR/<name>.svg, .png, .json; avatar_params.py).
 """
 from __future__ import annotations
 
@@ -228,11 +230,24 @@ def _check_declared_images(z, path: Path) -> None:
                         "(possible decompression bomb)")
 
 
-def transfer_npz(run: Path, input_path: Path, output_path: Path, device: str = "cpu", batch_size: int = 1000) -> int:
+#: Called after each batch with the names (output stems, relative, no suffix) and the transferred images:
+#: how --avatar-svg writes its files without transfer_files knowing about avatars.
+BatchHook = Callable[[list[str], np.ndarray], None]
+
+
+def transfer_npz(run: Path, input_path: Path, output_path: Path, device: str = "cpu", batch_size: int = 1000,
+                 avatar_hook: Callable[["DTN"], BatchHook] | None = None) -> int:
+    """An .npz of `images` -> an .npz of transferred `images`; `avatar_hook(model)` (made before anything
+    is transferred, so it can refuse the run) gets all of them, named by index (000000, 000001, ...)."""
     images = read_npz_images(input_path)
-    out = DTN.load(run, device=device).transfer(images, batch_size)
+    model = DTN.load(run, device=device)
+    hook = avatar_hook(model) if avatar_hook else None
+    out = model.transfer(images, batch_size)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(output_path, images=out)
+    if hook:
+        width = max(6, len(str(len(out) - 1)))
+        hook([f"{i:0{width}d}" for i in range(len(out))], out)
     return len(out)
 
 
@@ -251,26 +266,32 @@ class FileJob:
     source: Path      # the image to read
     target: Path      # the PNG to write
     name: str         # how messages call it (the path relative to --input, or the file itself)
+    stem: str = ""    # the relative output name without suffix (x/y/a): names --avatar-svg's files
 
 
-def plan_files(input_path: Path, output_path: Path) -> list[FileJob]:
+def plan_files(input_path: Path, output_path: Path, avatar_dir: Path | None = None) -> list[FileJob]:
     """Which PNG each input image becomes. A folder is read recursively (png, jpg, jpeg, webp, bmp;
-    hidden names and an --output inside it skipped) and keeps relative names: IN/x/y/a.jpg ->
-    OUT/x/y/a.png. One file goes to --output itself when that ends in .png, else into the --output
-    folder. Refuses, before anything is written, two inputs that would share an output name and an
-    output that would overwrite an input."""
+    hidden names and an --output or --avatar-svg folder inside it skipped) and keeps relative names:
+    IN/x/y/a.jpg -> OUT/x/y/a.png. One file goes to --output itself when that ends in .png, else into
+    the --output folder. Refuses, before anything is written, two inputs that would share an output
+    name and an output (or an avatar file in `avatar_dir`) that would overwrite an input."""
     if input_path.is_dir():
-        out_dir = output_path.resolve()
-        # An --output inside --input holds earlier results: they are not inputs.
-        rels = [rel for rel in _list_images(input_path) if out_dir not in (input_path / rel).resolve().parents]
+        if avatar_dir is not None and avatar_dir.resolve() == input_path.resolve():
+            raise DataError(f"--avatar-svg {avatar_dir} is the input folder: its avatar PNGs would mix with the "
+                            "photos (and be read as inputs next time); choose another folder")
+        # An --output (or --avatar-svg folder) inside --input holds earlier results: they are not inputs.
+        skip = [p.resolve() for p in (output_path, avatar_dir) if p is not None]
+        rels = [rel for rel in _list_images(input_path)
+                if not any(d in (input_path / rel).resolve().parents for d in skip)]
         if not rels:
             raise DataError(f"no images (png, jpg, jpeg, webp, bmp) in {input_path}")
-        jobs = [FileJob(input_path / rel, output_path / Path(rel).with_suffix(".png"), rel) for rel in rels]
+        jobs = [FileJob(input_path / rel, output_path / Path(rel).with_suffix(".png"), rel,
+                        Path(rel).with_suffix("").as_posix()) for rel in rels]
     elif input_path.is_file():
         if input_path.suffix.lower() not in EXTENSIONS:
             raise DataError(f"{input_path}: not an .npz or an image file dtn reads (png, jpg, jpeg, webp, bmp)")
         target = output_path if output_path.suffix.lower() == ".png" else output_path / (input_path.stem + ".png")
-        jobs = [FileJob(input_path, target, str(input_path))]
+        jobs = [FileJob(input_path, target, str(input_path), input_path.stem)]
     else:
         raise DataError(f"input {input_path} does not exist")
     seen: dict[Path, str] = {}
@@ -280,7 +301,15 @@ def plan_files(input_path: Path, output_path: Path) -> list[FileJob]:
         seen[job.target] = job.name
         if job.target.resolve() == job.source.resolve():
             raise DataError(f"writing {job.target} would overwrite the input image; choose another --output")
+        if avatar_dir is not None and job.source.resolve() in _avatar_files(avatar_dir, job.stem):
+            raise DataError(f"--avatar-svg {avatar_dir} would overwrite the input image {job.source}; "
+                            "choose another folder")
     return jobs
+
+
+def _avatar_files(avatar_dir: Path, stem: str) -> list[Path]:
+    """The files --avatar-svg writes for one input (avatar_params.write_avatar_files), resolved."""
+    return [(avatar_dir / f"{stem}{suffix}").resolve() for suffix in (".svg", ".png", ".json")]
 
 
 def read_image(path: Path) -> np.ndarray | str:
@@ -306,9 +335,10 @@ def write_png(path: Path, image: np.ndarray, size: tuple[int, int] | None = None
 
 def transfer_files(model: DTN, jobs: list[FileJob], batch_size: int = 256, skip_bad: bool = False,
                    keep_size: bool = False, on_skip: Callable[[str, str], None] | None = None,
-                   output: Path | None = None) -> TransferReport:
+                   output: Path | None = None, on_batch: BatchHook | None = None) -> TransferReport:
     """Decode, transfer and write `jobs` a batch at a time (memory stays one batch, whatever the folder).
-    An unreadable image stops the run naming it, or with skip_bad is reported to on_skip and counted."""
+    An unreadable image stops the run naming it, or with skip_bad is reported to on_skip and counted.
+    `on_batch(stems, transferred)` then sees each batch's readable images (--avatar-svg)."""
     from .progress import progress
 
     report = TransferReport(output or (jobs[0].target.parent if jobs else Path()))
@@ -330,6 +360,8 @@ def transfer_files(model: DTN, jobs: list[FileJob], batch_size: int = 256, skip_
             outs = model.transfer([image for _, image in good], batch_size) if good else []
             for (job, image), out in zip(good, outs):
                 write_png(job.target, out, (image.shape[1], image.shape[0]) if keep_size else None)
+            if on_batch and good:
+                on_batch([job.stem for job, _ in good], np.asarray(outs))
             report.written += len(good)
             bar.update(len(chunk))
     if not report.written:
@@ -339,15 +371,26 @@ def transfer_files(model: DTN, jobs: list[FileJob], batch_size: int = 256, skip_
 
 def transfer_path(model_path: Path, input_path: Path, output_path: Path, device: str = "auto",
                   batch_size: int = 256, skip_bad: bool = False, keep_size: bool = False,
-                  on_skip: Callable[[str, str], None] | None = None) -> TransferReport:
-    """`dtn transfer`: an .npz of `images` -> an .npz; an image file or a folder -> PNG(s)."""
+                  on_skip: Callable[[str, str], None] | None = None, avatar_dir: Path | None = None,
+                  avatar_size: int = 256, say: Callable[[str], None] | None = None) -> TransferReport:
+    """`dtn transfer`: an .npz of `images` -> an .npz; an image file or a folder -> PNG(s). With
+    `avatar_dir` (a run whose target is avatars), also the editable avatar of each G(x) there:
+    <name>.svg, <name>.png (avatar_size px) and <name>.json; `say` hears about estimator training."""
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    hook = None
+    if avatar_dir is not None:
+        from .avatar_params import avatar_writer
+
+        if avatar_size < 8:
+            raise ConfigError(f"--avatar-size must be at least 8 pixels, got {avatar_size}")
+        hook = lambda model: avatar_writer(model, avatar_dir, avatar_size, say, where=model_path)  # noqa: E731
     if input_path.suffix.lower() == ".npz":
-        return TransferReport(output_path, transfer_npz(model_path, input_path, output_path, device, batch_size))
-    jobs = plan_files(input_path, output_path)
+        return TransferReport(output_path, transfer_npz(model_path, input_path, output_path, device, batch_size, hook))
+    jobs = plan_files(input_path, output_path, avatar_dir)
     model = DTN.load(model_path, device=device)
-    return transfer_files(model, jobs, batch_size, skip_bad, keep_size, on_skip, output_path)
+    return transfer_files(model, jobs, batch_size, skip_bad, keep_size, on_skip, output_path,
+                          hook(model) if hook else None)
 
 
 DEFAULT_METRICS = ("transfer_accuracy", "f_consistency", "fld", "source_baseline")

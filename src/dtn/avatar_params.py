@@ -148,6 +148,10 @@ def to_tensor(images: np.ndarray, size: int) -> torch.Tensor:
     return resize_uint8(images, size, 3)
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
 def _loss(logits: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
     """Mean over categories of the cross-entropy, ignoring -1 (a category of another style); a
     category that no avatar of the batch uses adds nothing."""
@@ -157,9 +161,11 @@ def _loss(logits: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
 
 
 def train_estimator(images: np.ndarray, options: np.ndarray, vocab: avatars.Vocabulary, image_size: int,
-                    cfg: EstimatorConfig = DEFAULT_ESTIMATOR, device: str | torch.device = "cpu",
-                    desc: str = "avatar estimator") -> ParamEstimator:
-    """Fit a ParamEstimator on uint8 avatars (N, H, W, 3) and their option vectors (N, K); eval mode."""
+                    cfg: EstimatorConfig | None = None, device: str | torch.device = "cpu",
+                    desc: str = "avatar estimator", say: Callable[[str], None] | None = None) -> ParamEstimator:
+    """Fit a ParamEstimator on uint8 avatars (N, H, W, 3) and their option vectors (N, K); eval mode.
+    `say` hears, a few steps in, how long the rest will take on this device (measured, not guessed)."""
+    cfg = cfg or DEFAULT_ESTIMATOR
     from .pretrain import _lr_at   # the schedule every dtn classifier uses
 
     options = np.asarray(options)
@@ -174,7 +180,11 @@ def train_estimator(images: np.ndarray, options: np.ndarray, vocab: avatars.Voca
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     model.train()
+    clock, timed = time.perf_counter(), min(20, max(1, cfg.steps // 20))
     for step in progress(range(cfg.steps), desc=desc):
+        if say and step == timed:
+            per_step = (time.perf_counter() - clock) / timed
+            say(f"{per_step:.2f} s per step: about {_duration(per_step * (cfg.steps - timed))} to go")
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, cfg.steps, cfg.lr)
         idx = torch.randint(len(x_all), (cfg.batch,), generator=gen).to(device)
@@ -229,9 +239,10 @@ def score_estimator(estimator: ParamEstimator, images: np.ndarray, options: np.n
 # Cached estimators
 # ----------------------------------------------------------------------------------------------
 
-def estimator_path(image_size: int, styles: tuple[str, ...], cfg: EstimatorConfig = DEFAULT_ESTIMATOR) -> Path:
+def estimator_path(image_size: int, styles: tuple[str, ...], cfg: EstimatorConfig | None = None) -> Path:
     """Where the estimator for these avatars (styles, definitions, split size and count) at this image
     size and with these settings is cached: one file per machine and combination."""
+    cfg = cfg or DEFAULT_ESTIMATOR
     n = avatars.split_size("train")
     name = (f"estimator-v{ESTIMATOR_VERSION}-{'+'.join(styles)}-d{avatars.definitions_digest(styles)}"
             f"-{avatars.DEFAULT_SIZE}px-n{n}-{image_size}px-c{cfg.digest()}.safetensors")
@@ -251,9 +262,10 @@ def save_estimator(estimator: ParamEstimator, path: Path, cfg: EstimatorConfig, 
 
 
 def load_estimator(path: Path, vocab: avatars.Vocabulary, image_size: int,
-                   cfg: EstimatorConfig = DEFAULT_ESTIMATOR) -> tuple[ParamEstimator, dict]:
+                   cfg: EstimatorConfig | None = None) -> tuple[ParamEstimator, dict]:
     """(estimator, its test scores) from a file save_estimator wrote, refusing one made for other
     categories, another image size or other settings (the message names the file)."""
+    cfg = cfg or DEFAULT_ESTIMATOR
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -277,12 +289,13 @@ def load_estimator(path: Path, vocab: avatars.Vocabulary, image_size: int,
     return estimator.eval(), json.loads(meta.get("scores", "{}"))
 
 
-def get_estimator(image_size: int, styles: Sequence[str] | None = None, cfg: EstimatorConfig = DEFAULT_ESTIMATOR,
+def get_estimator(image_size: int, styles: Sequence[str] | None = None, cfg: EstimatorConfig | None = None,
                   device: str | torch.device = "cpu", say: Callable[[str], None] | None = None
                   ) -> tuple[ParamEstimator, dict]:
     """(estimator, test scores) for avatars of `styles` (None: $DTN_AVATARS_STYLES or the default) at
     `image_size`: from the cache, else trained on the avatars train split, scored on its test split
     and cached. `say` gets one line before training (where, how much) and one after (time, scores)."""
+    cfg = cfg or DEFAULT_ESTIMATOR
     styles = tuple(styles or avatars.current_styles())
     vocab = avatars.vocabulary(styles)
     path = estimator_path(image_size, styles, cfg)
@@ -291,18 +304,20 @@ def get_estimator(image_size: int, styles: Sequence[str] | None = None, cfg: Est
         return estimator.to(device), scores
     say = say or (lambda line: None)
     source = avatars.avatars_source(styles=styles)
+    if not avatars.cache_paths("train", avatars.DEFAULT_SIZE, styles)[0].is_file():
+        say(f"the avatar parameter estimator learns from the avatars train split, which is not generated yet: "
+            f"generating {avatars.split_size('train'):,} avatars first (about 11 ms each per core)")
     train = source.load("train")
     say(f"training the avatar parameter estimator once for this machine: {cfg.steps} steps of {cfg.batch} "
-        f"on {len(train):,} generated avatars at {image_size} px, on {device} (minutes on a CPU, "
-        f"seconds on a GPU); it will be cached as {path}")
+        f"on {len(train):,} generated avatars at {image_size} px, on {device}; it will be cached as {path}")
     start = time.perf_counter()
-    estimator = train_estimator(train.images, train.extras["options"], vocab, image_size, cfg, device)
+    estimator = train_estimator(train.images, train.extras["options"], vocab, image_size, cfg, device, say=say)
     test = source.load("test")
     scores = score_estimator(estimator, test.images, test.extras["options"])
     scores["train_seconds"] = round(time.perf_counter() - start, 1)
     scores["train_n"] = len(train)
     save_estimator(estimator, path, cfg, scores)
-    say(f"trained the avatar parameter estimator in {scores['train_seconds'] / 60:.1f} min: on {len(test):,} "
+    say(f"trained the avatar parameter estimator in {_duration(scores['train_seconds'])}: on {len(test):,} "
         f"test avatars, mean category accuracy {100 * scores['mean_category_accuracy']:.1f} %, "
         f"exact match {100 * scores['exact_match']:.1f} %")
     return estimator, scores
@@ -352,10 +367,10 @@ def require_avatar_target(cfg, where: str | Path) -> None:
                           f"(--avatar-svg) need a run trained to draw avatars, e.g. `dtn run faces`")
 
 
-def estimator_for(model: "DTN", cfg: EstimatorConfig = DEFAULT_ESTIMATOR,
-                  say: Callable[[str], None] | None = None) -> ParamEstimator:
+def estimator_for(model: "DTN", cfg: EstimatorConfig | None = None, say: Callable[[str], None] | None = None,
+                  where: str | Path = "this run") -> ParamEstimator:
     """The cached (or newly trained) estimator at the run's image size, on the run's device."""
-    require_avatar_target(model.cfg, "this run")
+    require_avatar_target(model.cfg, where)
     return get_estimator(model.cfg.nets.image_size, None, cfg, model.device, say)[0]
 
 
@@ -389,3 +404,16 @@ def write_avatar_files(folder: Path, stems: Sequence[Path | str], options: np.nd
                 json.dumps(avatars.describe(row, vocab), indent=1) + "\n", encoding="utf-8")
         except OSError as exc:
             raise DtnError(f"cannot write the avatar files {base}.svg/.png/.json: {exc.strerror or exc}") from None
+
+
+def avatar_writer(model: "DTN", folder: Path, size: int = 256, say: Callable[[str], None] | None = None,
+                  where: str | Path = "this run") -> Callable[[list[str], np.ndarray], None]:
+    """`dtn transfer --avatar-svg FOLDER`: refuses a run whose target is not avatars, gets the estimator
+    (training it first if this machine has none, told to `say`), then returns what writes each batch of
+    transferred images as estimated avatars: writer(stems, images) -> FOLDER/<stem>.svg/.png/.json."""
+    estimator = estimator_for(model, say=say, where=where)
+
+    def write(stems: list[str], transferred: np.ndarray) -> None:
+        write_avatar_files(folder, stems, estimate_options(estimator, transferred), estimator.vocab, size)
+
+    return write
