@@ -1,13 +1,15 @@
 """The DTN losses (DESIGN.md §1), each a small pure function of tensors.
 
 Names follow the paper: L_D (ternary_d_loss), L_GANG (ternary_g_loss), L_CONST (const_loss),
-L_TID (tid_loss), L_TV (tv_loss). Means over the batch replace the paper's sums: the weights
+L_TID (tid_loss), L_TV (tv_loss); margin_logits shapes f's pretraining (CosFace/ArcFace). Means over the batch replace the paper's sums: the weights
 alpha, beta, gamma absorb the scale.
 
 Ternary D classes (0-based here): 0 = G(x), x in s;  1 = G(x), x in t;  2 = x in t (real).
 Binary D (a deviation, off by default): 0 = fake (any G(x)), 1 = real.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 from torch.nn import functional as F
@@ -74,3 +76,31 @@ def tv_loss(z: torch.Tensor, power: float = 1.0) -> torch.Tensor:
     sq = dx * dx + dy * dy
     per_pixel = sq.clamp_min(1e-12).pow(power / 2) if power != 2 else sq
     return per_pixel.sum(dim=(-2, -1)).mean()
+
+
+# ----------------------------------------------------------------------------- f's pretraining head
+MARGIN_HEADS = ("softmax", "cosface", "arcface")
+
+
+def margin_logits(code: torch.Tensor, centres: torch.Tensor, labels: torch.Tensor, head: str = "cosface",
+                  margin: float = 0.35, scale: float = 30.0) -> torch.Tensor:
+    """Logits of a margin-based softmax over unit-length codes and class centres, for cross-entropy.
+
+    code (N, D), centres (K, D), labels (N,) -> (N, K) = scale * cos(theta_k), with the true class
+    penalised: CosFace (Wang et al. 2018) cos(theta_y) - margin, ArcFace (Deng et al. 2019)
+    cos(theta_y + margin). Why: a plain softmax only has to separate the training identities, so
+    held-out faces of one person need not lie close together; a margin on the angle forces every
+    identity into a tight cone, which is what retrieval among unseen identities (and L_CONST on faces)
+    reads. Only the angle of f's code is shaped: its length stays free (g normalises it anyway)."""
+    if head not in ("cosface", "arcface"):
+        raise ValueError(f"unknown margin head {head!r}; valid: cosface, arcface (softmax uses f's own head)")
+    cos = F.normalize(code.float(), dim=1) @ F.normalize(centres.float(), dim=1).t()
+    true = cos.gather(1, labels.view(-1, 1))
+    if head == "cosface":
+        target = true - margin
+    else:
+        # cos(theta + m), kept monotone in theta beyond pi - m (the usual "easy margin" fallback:
+        # subtract the margin's cosine drop instead), so a badly wrong sample still gets a gradient
+        theta = true.clamp(-1 + 1e-6, 1 - 1e-6).acos()
+        target = torch.where(theta + margin < math.pi, torch.cos(theta + margin), true - margin * math.sin(margin))
+    return scale * cos.scatter(1, labels.view(-1, 1), target)

@@ -17,6 +17,7 @@ from torch.nn import functional as F
 from .config import PretrainConfig
 from .data.base import cache_root
 from .domain import Domain
+from .losses import margin_logits
 from .nets import Encoder, LeNet, NetConfig, init_weights
 from .progress import progress
 from .weights import load_weights, save_weights
@@ -77,6 +78,25 @@ def augment_source(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return x.clamp(-1, 1)
 
 
+def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Mirror half of the images left-right (pretrain.f_flip): a mirrored face is the same person,
+    which doubles the views of each identity (5 photos each in celeba-sample)."""
+    flip = (torch.rand(x.shape[0], generator=generator) < 0.5).to(x.device)
+    return torch.where(_per_image(flip), x.flip(-1), x)
+
+
+def f_augmentation(cfg: PretrainConfig):
+    """f's pretraining augmentation, (x, generator) -> x: augment_source (digits) or shift_augment,
+    after random_flip when cfg.f_flip."""
+    base = augment_source if cfg.f_augment else shift_augment
+    if not cfg.f_flip:
+        return base
+
+    def flipped(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return base(random_flip(x, generator), generator)
+    return flipped
+
+
 def shift_augment(x: torch.Tensor, generator: torch.Generator, edge: bool = False) -> torch.Tensor:
     """Random translation by up to 2 px per batch, padded with black (-1) or, with edge, the border."""
     dx, dy = torch.randint(-2, 3, (2,), generator=generator).tolist()
@@ -93,8 +113,10 @@ def _lr_at(step: int, total: int, lr: float) -> float:
 
 
 def train_classifier(model: nn.Module, logits_fn, domain: Domain, steps: int, batch: int, lr: float,
-                     augment, seed: int, desc: str, autocast_dtype=None) -> None:
-    """A plain supervised loop: AdamW, warm-up + cosine, cross-entropy, random-index batches."""
+                     augment, seed: int, desc: str, autocast_dtype=None, loss_fn=None) -> None:
+    """A plain supervised loop: AdamW over model's parameters, warm-up + cosine, random-index batches;
+    the loss is cross-entropy of logits_fn(x), or loss_fn(x, labels) when given (a margin softmax needs
+    the labels to build its logits)."""
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     device = domain.images.device
@@ -105,7 +127,7 @@ def train_classifier(model: nn.Module, logits_fn, domain: Domain, steps: int, ba
         x, y = domain.sample(batch, gen)
         x = augment(x, gen)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
-            loss = F.cross_entropy(logits_fn(x).float(), y)
+            loss = loss_fn(x, y) if loss_fn is not None else F.cross_entropy(logits_fn(x).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -122,16 +144,42 @@ def accuracy(logits_fn, domain: Domain, batch: int = 1000) -> float:
     return correct / max(1, len(domain))
 
 
+class MarginPretraining(nn.Module):
+    """f plus the class centres of a margin softmax (pretrain.f_head cosface/arcface), for pretraining only.
+
+    The margin loss shapes the angle of f's code; f's own softmax head is trained beside it on the
+    *detached* code, so f.classify stays a working classifier of the training classes (f_consistency,
+    the `ce` L_CONST variant) without pulling on the code. The centres are dropped afterwards:
+    f.safetensors holds exactly what a softmax-pretrained f holds."""
+
+    def __init__(self, f: Encoder, num_classes: int, cfg: PretrainConfig) -> None:
+        super().__init__()
+        self.f = f
+        self.centres = nn.Parameter(torch.randn(num_classes, f.head[-1].in_features) * 0.01)
+        self.kind, self.margin, self.scale = cfg.f_head, cfg.f_margin, cfg.f_scale
+
+    def loss(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        code = self.f(x)
+        logits = margin_logits(code, self.centres, labels, self.kind, self.margin, self.scale)
+        return F.cross_entropy(logits, labels) + F.cross_entropy(self.f.head(code.detach()).float(), labels)
+
+
 def pretrain_f(net_cfg: NetConfig, cfg: PretrainConfig, source: Domain, seed: int = 0,
                autocast_dtype=None) -> Encoder:
-    """f as a classifier on the labeled source; returned in eval mode, to be frozen by the caller."""
+    """f as a classifier on the labeled source (softmax, or a margin softmax on its code's angle);
+    returned in eval mode, to be frozen by the caller."""
     torch.manual_seed(seed)
     f = Encoder(net_cfg).to(source.images.device)
     init_weights(f)
-    augment = augment_source if cfg.f_augment else shift_augment
-    train_classifier(f, f.classify, source, cfg.f_steps, cfg.f_batch, cfg.f_lr, augment, seed,
-                     "pretrain f", autocast_dtype)
-    return f
+    augment = f_augmentation(cfg)
+    if cfg.f_head == "softmax":
+        train_classifier(f, f.classify, source, cfg.f_steps, cfg.f_batch, cfg.f_lr, augment, seed,
+                         "pretrain f", autocast_dtype)
+        return f
+    model = MarginPretraining(f, net_cfg.num_classes, cfg).to(source.images.device)
+    train_classifier(model, None, source, cfg.f_steps, cfg.f_batch, cfg.f_lr, augment, seed,
+                     f"pretrain f ({cfg.f_head})", autocast_dtype, loss_fn=model.loss)
+    return f.eval()
 
 
 def data_fingerprint(domain: Domain) -> str:

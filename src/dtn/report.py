@@ -2,6 +2,7 @@
 self-contained HTML page per run (RUN/report.html) that shows
 
   the iteration sweep   the fixed source batch (top row) and its transfer at each evaluation step
+  held-out identities   identity_grid.png (face | avatar pairs) and the identity retrieval numbers
   curves                D and G loss terms and the evaluation metrics from metrics.csv (matplotlib, Agg)
   ablations             paper Table 1 rows, when the run dir or its parent holds them
   numbers               results.json (and f.json), the confusion matrix
@@ -56,6 +57,26 @@ def save_grid(path: Path, source: torch.Tensor, transferred: torch.Tensor) -> No
     """Source images (float [-1, 1]) in the top row, their transfers below."""
     picture = grid([to_images(source).cpu().numpy(), to_images(transferred).cpu().numpy()])
     atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))  # a kill never leaves half a PNG
+
+
+def pairs_grid(source: torch.Tensor, transferred: torch.Tensor, per_row: int = 8) -> Image.Image:
+    """Pairs side by side, per_row pairs a row: x | G(x) | x | G(x) ... (float [-1, 1], same N; white
+    cells fill a last row that is short).
+    The identity grid of a faces run: a face and its avatar next to each other, where the eye compares."""
+    faces, outs = to_images(source).cpu().numpy(), to_images(transferred).cpu().numpy()
+    if faces.shape[-1] != outs.shape[-1]:
+        faces, outs = (np.repeat(a, 3, axis=-1) if a.shape[-1] == 1 else a for a in (faces, outs))
+    if len(faces) == 0 or len(faces) != len(outs):
+        raise ValueError(f"pairs_grid: needs as many transfers as sources, at least one; got {len(faces)}, {len(outs)}")
+    blank = (-len(faces)) % per_row                                  # white cells fill the last row
+    faces, outs = (np.concatenate([a, np.full((blank, *a.shape[1:]), 255, np.uint8)]) for a in (faces, outs))
+    both = np.stack([faces, outs], 1).reshape(-1, per_row * 2, *faces.shape[1:])   # rows of x, G(x), x, ...
+    return grid(list(both))
+
+
+def save_pairs_grid(path: Path, source: torch.Tensor, transferred: torch.Tensor, per_row: int = 8) -> None:
+    picture = pairs_grid(source, transferred, per_row)
+    atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))
 
 
 # ----------------------------------------------------------------------------- the sweep
@@ -153,7 +174,7 @@ def render_report(run: RunDir) -> str:
     summary = (f"{_esc(cfg.data.source)} &rarr; {_esc(cfg.data.target)}; status <b>{_esc(meta.get('status', '?'))}</b>, "
                f"{last}; dtn {_esc(meta.get('dtn_version', '?'))}")
     body = [f"<h1>dtn run {_esc(run.path.name)}</h1>", f"<p>{summary}</p>",
-            _sweep_section(run), _curves_section(rows), _ablation_section(run), _numbers_section(run),
+            _sweep_section(run), _identity_section(run), _curves_section(rows), _ablation_section(run), _numbers_section(run),
             f"<h2>Config</h2><p>{_esc(run.config_path.name)}, as this run resolved it.</p>"
             f"<pre>{_esc(run.config_path.read_text())}</pre>"]
     return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>dtn report: "
@@ -191,6 +212,31 @@ def _sweep_section(run: RunDir) -> str:
     cells = "".join(f"<tr><th>{_esc(label)}</th><td>{_img(_png(img), label)}</td></tr>" for label, img in rows)
     return (head + "<p>The same source test images (top row) transferred by G at each evaluation step "
             f"(from samples/).</p><table class=\"sweep\">{cells}</table>")
+
+
+def _identity_section(run: RunDir) -> str:
+    """identity_grid.png (a run whose source test split holds held-out identities, e.g. faces) beside
+    the identity retrieval numbers it illustrates; nothing for other runs."""
+    path = run.path / "identity_grid.png"
+    if not path.is_file():
+        return ""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            png = _png(img.convert("RGB"))
+    except (OSError, UnidentifiedImageError) as exc:
+        raise RunError(f"{path}: unreadable identity grid ({exc.__class__.__name__}); rerun `dtn evaluate` "
+                       "or the run's final evaluation") from None
+    results = run.read_json("results.json") if (run.path / "results.json").is_file() else {}
+    numbers = ""
+    if "identity_median_rank" in results:
+        numbers = (f" Identity retrieval over all {results['identity_n']:,} held-out faces "
+                   f"({_esc(results.get('identity_distance', '?'))} distance between f(G(x)) and f(y)): median rank "
+                   f"{results['identity_median_rank']:g} (percentile {results['identity_median_rank_percentile']:.2e}; "
+                   f"the paper: 16 of 100,001 = 1.60e-04), recall@1 {100 * results['identity_recall_at_1']:.2f} %, "
+                   f"recall@10 {100 * results['identity_recall_at_10']:.2f} %.")
+    return ("<h2>Held-out identities</h2><p>Held-out source test images (a fixed, seeded choice), each followed by "
+            f"its transfer G(x) (from identity_grid.png).{numbers}</p>" + _img(png, "held-out faces and their transfers"))
 
 
 def _curves_section(rows: list[dict[str, float]]) -> str:
@@ -232,7 +278,7 @@ def _number_rows(obj: dict) -> list[tuple[str, str]]:
     """Scalars only, accuracies and consistencies as percentages."""
     out = []
     for key, value in obj.items():
-        if isinstance(value, float) and ("accuracy" in key or "consistency" in key):
+        if isinstance(value, float) and ("accuracy" in key or "consistency" in key or "recall" in key):
             out.append((key, f"{100 * value:.2f} %"))
         elif isinstance(value, float):
             out.append((key, f"{value:.4g}"))

@@ -21,8 +21,9 @@ from .data import load as load_split
 from .data.base import cache_root
 from .data.classes import parse_classes, select_classes
 from .data.shapes import class_count, native_channels
+from .metrics.retrieval import encoder_quality
 from .pretrain import PRETRAIN_VERSION, accuracy, data_fingerprint, eval_classifier, pretrain_f
-from .report import save_grid
+from .report import save_grid, save_pairs_grid
 from .rundir import RunDir
 from .train import Trainer, pick_device
 from .weights import load_weights, save_weights
@@ -74,6 +75,46 @@ def autocast_dtype(cfg: Config):
     return torch.bfloat16 if cfg.train.precision == "bf16" else None
 
 
+def f_cache_key(cfg: Config, domains: Domains) -> str:
+    """f depends only on the source data, f's architecture, the pretraining schedule and head, and the
+    seed: runs that share them (ablations, seeds of g) share one cached f. Options at their defaults
+    add nothing, so the keys of f's cached before they existed still match."""
+    n, p = cfg.nets, cfg.pretrain
+    return (f"f-{cfg.data.source}-{data_fingerprint(domains.source_train)}-w{n.f_width}-c{n.code_dim}"
+            f"-s{n.image_size}-{p.f_steps}-{p.f_batch}-{p.f_lr}"
+            f"-a{int(p.f_augment)}-v{PRETRAIN_VERSION}-seed{cfg.train.seed}"
+            + ("-balanced" if cfg.data.balanced else "") + (f"-k{n.num_classes}" if n.num_classes != 10 else "")
+            + ("-flip" if p.f_flip else "")
+            + (f"-{p.f_head}-m{p.f_margin}-sc{p.f_scale}" if p.f_head != "softmax" else ""))
+
+
+def heldout_classes(source_train: Domain, source_test: Domain) -> bool:
+    """True when the source test split is labelled with classes f never trained on: held-out
+    identities (celeba-sample). f cannot classify them; it can still tell them apart (retrieval)."""
+    test = torch.unique(source_test.labels)
+    return len(test) > 1 and bool((test >= 0).all()) and not torch.isin(
+        test, torch.unique(source_train.labels.to(test.device))).any()
+
+
+def f_quality(cfg: Config, f: Encoder, domains: Domains, device: torch.device) -> dict:
+    """What f.json records about the pretrained f: accuracy on source test and target test where their
+    classes are f's, and on held-out identities its identity retrieval and verification AUC."""
+    out = {}
+    if heldout_classes(domains.source_train, domains.source_test):
+        test = domains.source_test.to(device)
+        codes = metrics.batched(f, test.images.float().div(127.5).sub(1.0))
+        out.update(encoder_quality(codes, test.labels))
+        LOG(f"f on {out['heldout_identities']:,} held-out identities ({len(test):,} images): another photo of "
+            f"the same person ranks {out['heldout_retrieval_median_rank']:g} (median), recall@1 "
+            f"{out['heldout_retrieval_recall_at_1']:.2%}, recall@10 {out['heldout_retrieval_recall_at_10']:.2%}; "
+            f"verification AUC {out['heldout_verification_auc']:.4f}")
+    else:
+        out["source_test_accuracy"] = accuracy(f.classify, domains.source_test.subset(5000).to(device))
+    labelled = len(domains.target_test) and domains.target_test.labels.min() >= 0
+    out["target_test_accuracy"] = accuracy(f.classify, domains.target_test.to(device)) if labelled else float("nan")
+    return out
+
+
 def get_f(cfg: Config, run: RunDir, domains: Domains, device: torch.device) -> Encoder:
     """The pretrained f of this run (trained once, saved as f.safetensors), or a random one."""
     path = run.path / "f.safetensors"
@@ -86,14 +127,7 @@ def get_f(cfg: Config, run: RunDir, domains: Domains, device: torch.device) -> E
     if path.is_file():
         load_weights(f, path)
         return f.eval()
-    # f depends only on the source data, f's architecture, the pretraining schedule and the seed:
-    # runs that share them (ablations, seeds of g) share one cached f.
-    n = cfg.nets
-    key = (f"f-{cfg.data.source}-{data_fingerprint(domains.source_train)}-w{n.f_width}-c{n.code_dim}"
-           f"-s{n.image_size}-{cfg.pretrain.f_steps}-{cfg.pretrain.f_batch}-{cfg.pretrain.f_lr}"
-           f"-a{int(cfg.pretrain.f_augment)}-v{PRETRAIN_VERSION}-seed{cfg.train.seed}"
-           + ("-balanced" if cfg.data.balanced else "") + (f"-k{n.num_classes}" if n.num_classes != 10 else ""))
-    cached = cache_root() / "encoders" / f"{key}.safetensors"
+    cached = cache_root() / "encoders" / f"{f_cache_key(cfg, domains)}.safetensors"
     if cached.is_file():
         load_weights(f, cached)
         save_weights(f, path)
@@ -103,12 +137,14 @@ def get_f(cfg: Config, run: RunDir, domains: Domains, device: torch.device) -> E
     f = pretrain_f(cfg.nets, cfg.pretrain, domains.source_train.to(device), cfg.train.seed, autocast_dtype(cfg))
     save_weights(f, path)
     save_weights(f, cached)
-    acc_s = accuracy(f.classify, domains.source_test.subset(5000).to(device))
-    acc_t = accuracy(f.classify, domains.target_test.to(device)) if domains.target_test.labels.min() >= 0 else float("nan")
-    run.write_json("f.json", {"source_test_accuracy": acc_s, "target_test_accuracy": acc_t,
-                              "seconds": time.time() - t0})
-    LOG(f"f pretrained in {time.time() - t0:.0f}s: {acc_s:.2%} on {cfg.data.source} test, "
-        f"{acc_t:.2%} on {cfg.data.target} test (diagnostic only)")
+    seconds = time.time() - t0
+    quality = f_quality(cfg, f, domains, device)
+    run.write_json("f.json", {**quality, "f_head": cfg.pretrain.f_head, "seconds": seconds})
+    if "source_test_accuracy" in quality:
+        LOG(f"f pretrained in {seconds:.0f}s: {quality['source_test_accuracy']:.2%} on {cfg.data.source} test, "
+            f"{quality['target_test_accuracy']:.2%} on {cfg.data.target} test (diagnostic only)")
+    else:
+        LOG(f"f pretrained in {seconds:.0f}s ({cfg.pretrain.f_head} head)")
     return f.eval()
 
 
@@ -128,10 +164,26 @@ def get_classifier(cfg: Config, domains: Domains, device: torch.device) -> LeNet
     return clf
 
 
+#: Label-free metrics that stand in for a label metric the domains cannot support. On held-out
+#: identities f cannot classify G(x) (f_consistency), but it can still find x among all held-out
+#: faces by f(G(x)): the paper's face metric asks the same question of f.
+STAND_INS = {"f_consistency": "identity_retrieval"}
+
+
+def metrics_to_compute(names: tuple[str, ...], skipped: dict[str, str]) -> list[str]:
+    """The requested names less the skipped ones, each skipped name with a stand-in replaced by it."""
+    out = []
+    for name in names:
+        name = STAND_INS.get(name, name) if name in skipped else name
+        if name not in skipped and name not in out:
+            out.append(name)
+    return out
+
+
 def evaluate(trainer: Trainer, classifier: LeNet, source_test: Domain, target_test: Domain,
              names: tuple[str, ...] = ("transfer_accuracy", "f_consistency", "fld"),
              source_train: Domain | None = None) -> dict:
-    names = [n for n in names if n not in unavailable_metrics(classifier, trainer.source, source_test)]
+    names = metrics_to_compute(names, unavailable_metrics(classifier, trainer.source, source_test))
     ctx = metrics.EvalContext(transfer=trainer.transfer, source_test=source_test.to(trainer.device),
                               target_test=target_test.to(trainer.device), classifier=classifier, f=trainer.f,
                               source_train=source_train.to(trainer.device) if source_train is not None else None)
@@ -148,8 +200,11 @@ def unavailable_metrics(classifier: LeNet | None, source_train: Domain, source_t
     if (test < 0).any() or not torch.isin(test, torch.unique(source_train.labels.to(test.device))).all():
         why = ("source test classes are not classes f was trained on (unlabelled, or held-out identities): "
                "transfer accuracy needs source labels in the target's label space")
-        out["f_consistency"] = why
+        out["f_consistency"] = why + ("; identity_retrieval is computed in its place"
+                                      if heldout_classes(source_train, source_test) else "")
         out.setdefault("transfer_accuracy", why)
+    if not heldout_classes(source_train, source_test):
+        out["identity_retrieval"] = "defined on held-out identities only (the source test split has none)"
     return out
 
 
@@ -162,6 +217,10 @@ def summary(final: dict, source: str, run_path: Path) -> str:
         parts.append(f"FLD {final['fld']:.2f}")
     if "f_consistency" in final:
         parts.append(f"f-consistency {final['f_consistency']:.2%}")
+    if "identity_median_rank" in final:
+        parts.append(f"identity retrieval: median rank {final['identity_median_rank']:g} of {final['identity_n']:,} "
+                     f"(percentile {final['identity_median_rank_percentile']:.2e}; paper 16 of 100,001 = 1.60e-04), "
+                     f"recall@1 {final['identity_recall_at_1']:.2%}, recall@10 {final['identity_recall_at_10']:.2%}")
     return "; ".join(parts) + f"; run in {run_path}"
 
 
@@ -260,6 +319,17 @@ def fit(trainer: Trainer, run: RunDir, classifier: LeNet | None, domains: Domain
                                     f"continue with `dtn run --resume --runs-dir {run.path.parent} --name {run.path.name}`")
 
 
+@torch.no_grad()
+def write_identity_grid(run: RunDir, trainer: Trainer, source_test: Domain, n: int = 32, seed: int = 5) -> Path:
+    """RUN/identity_grid.png: n held-out faces (a fixed, seeded choice) each beside its transfer G(x),
+    8 pairs a row; report.html shows it and bench/faces.py copies it to docs/faces_grid.png."""
+    shown = source_test.subset(n, seed=seed)
+    x, _ = shown.to(trainer.device).batch(torch.arange(len(shown)))
+    path = run.path / "identity_grid.png"
+    save_pairs_grid(path, x, trainer.transfer(x))
+    return path
+
+
 def write_run_report(run: RunDir) -> None:
     """report.html at the end of a run. The run itself is complete by then, so a report that cannot
     be written is a warning line (fix it, then `dtn report RUN`), not a failed run."""
@@ -352,6 +422,8 @@ def _run_dtn(cfg: Config, path: Path, resume: bool, until: str, tensorboard: boo
     final = evaluate(trainer, classifier, domains.source_test, domains.target_test, wanted)
     skipped = unavailable_metrics(classifier, trainer.source, domains.source_test)
     final["skipped_metrics"] = {k: v for k, v in skipped.items() if k in wanted}
+    if heldout_classes(trainer.source, domains.source_test):
+        final["identity_grid"] = write_identity_grid(run, trainer, domains.source_test).name
     final.update({"steps": trainer.step, "train_seconds": round(time.time() - t1, 1),
                   "total_seconds": round(time.time() - t0, 1), "source": cfg.data.source,
                   "target": cfg.data.target, "uses_source_labels_in_dtn": cfg.loss.const_distance == "ce",

@@ -1,0 +1,133 @@
+"""A faces-style run on a tiny synthetic celeba-sample tree: margin-softmax f, its held-out quality in
+f.json, identity_retrieval in results.json / metrics.csv / report.html / `dtn evaluate`, the identity grid."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dtn.cli import main
+from dtn.config import apply_overrides, preset
+from dtn.domain import Domain
+from dtn.errors import ConfigError
+from dtn.rundir import RunDir
+from dtn.run import Domains, f_cache_key, heldout_classes, load_domains, metrics_to_compute
+
+N_IDS, PER_ID = 8, 3          # celeba holds out half of them (4 identities, 12 test images)
+
+
+def write_faces(root: Path) -> Path:
+    """identities.csv + 96x96 images: each identity a colour and a bar at its own height, each photo shifted."""
+    folder = root / "celeba-sample"
+    (folder / "images").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    lines = ["file,identity"]
+    for ident in range(N_IDS):
+        colour = rng.integers(40, 220, 3)
+        for j in range(PER_ID):
+            img = np.full((96, 96, 3), colour, np.uint8)
+            img[10 * ident + 5 + 2 * j: 10 * ident + 13 + 2 * j] = 255 - colour
+            name = f"images/{100 + ident}_{j:06d}.jpg"
+            Image.fromarray(img).save(folder / name, quality=95)
+            lines.append(f"{name},{100 + ident}")
+    (folder / "identities.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def faces_run(tmp_path_factory, digit_folders, session_cache_dir) -> Path:
+    tmp = tmp_path_factory.mktemp("faces-run")
+    root = write_faces(tmp / "data")
+    _, tgt = digit_folders
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DTN_CACHE_DIR", str(session_cache_dir))
+        mp.delenv("DTN_DATA_DIR", raising=False)
+        assert main(["--quiet", "run", "tiny", "--runs-dir", str(tmp), "--name", "faces",
+                     "--source", "celeba-sample", "--target", f"folder:{tgt}", "--set", f"data.data_dir={root}",
+                     "--set", "nets.num_classes=0", "--set", "pretrain.f_head=cosface",
+                     "--set", "pretrain.f_flip=true"]) == 0
+    return tmp / "faces"
+
+
+def test_the_run_trains_on_train_identities_only(faces_run):
+    domains = load_domains(RunDir(faces_run).config())
+    train_ids = set(domains.source_train.labels.tolist())
+    test_ids = set(domains.source_test.labels.tolist())
+    assert not train_ids & test_ids, "no identity on both sides"
+    assert len(test_ids) == N_IDS // 2 and len(domains.source_test) == N_IDS // 2 * PER_ID
+    assert heldout_classes(domains.source_train, domains.source_test)
+
+
+def test_f_json_reports_held_out_quality(faces_run):
+    facts = json.loads((faces_run / "f.json").read_text())
+    assert facts["f_head"] == "cosface" and facts["heldout_identities"] == N_IDS // 2
+    assert 1 <= facts["heldout_retrieval_median_rank"] <= N_IDS // 2 * PER_ID - 1
+    assert 0 <= facts["heldout_verification_auc"] <= 1 and facts["heldout_retrieval_n"] == 12
+    assert "source_test_accuracy" not in facts            # held-out identities: f cannot classify them
+
+
+def test_results_hold_identity_retrieval_instead_of_f_consistency(faces_run):
+    results = json.loads((faces_run / "results.json").read_text())
+    assert results["identity_n"] == 12 and 1 <= results["identity_median_rank"] <= 12
+    assert 0 <= results["identity_recall_at_1"] <= results["identity_recall_at_10"] <= 1
+    assert results["identity_median_rank_percentile"] == pytest.approx(results["identity_median_rank"] / 12)
+    assert "f_consistency" not in results and "transfer_accuracy" not in results
+    assert "identity_retrieval is computed in its place" in results["skipped_metrics"]["f_consistency"]
+    assert results["identity_grid"] == "identity_grid.png"
+
+
+def test_identity_grid_holds_twelve_pairs(faces_run):
+    with Image.open(faces_run / "identity_grid.png") as img:   # 12 pairs: 2 rows of 8 pairs (16 cells) at 32 px
+        assert img.size == ((16 * 34 + 2) * 2, (2 * 34 + 2) * 2)
+
+
+def test_metrics_csv_and_report_show_it(faces_run):
+    rows = RunDir(faces_run).read_metrics()
+    evaluated = [r for r in rows if r.get("identity_median_rank")]
+    assert [int(r["step"]) for r in evaluated] == [2, 4]
+    assert all(0 <= float(r["identity_recall_at_1"]) <= 1 for r in evaluated)
+    page = (faces_run / "report.html").read_text()
+    assert "Held-out identities" in page and "identity_median_rank" in page and "16 of 100,001" in page
+    assert page.count("data:image/png;base64,") >= 3
+
+
+def test_dtn_evaluate_computes_identity_retrieval(faces_run, capsys):
+    assert main(["--quiet", "evaluate", str(faces_run)]) == 0
+    printed = capsys.readouterr().out
+    out = json.loads(printed[printed.index("{"):])          # after the evaluation classifier's log line
+    results = json.loads((faces_run / "results.json").read_text())
+    assert out["identity_n"] == 12
+    assert out["identity_median_rank"] == results["identity_median_rank"]
+
+
+# ----------------------------------------------------------------------------- config and plumbing
+def test_stand_in_replaces_only_a_skipped_metric():
+    skipped = {"f_consistency": "held out", "fld": "no labels", "identity_retrieval": "n/a"}
+    assert metrics_to_compute(("transfer_accuracy", "f_consistency", "fld"), {"f_consistency": "x"}) == \
+        ["transfer_accuracy", "identity_retrieval", "fld"]
+    assert metrics_to_compute(("f_consistency", "fld"), skipped) == []
+    assert metrics_to_compute(("f_consistency", "identity_retrieval"), {}) == ["f_consistency", "identity_retrieval"]
+
+
+def test_f_head_is_validated_and_the_faces_preset_uses_cosface():
+    assert preset("digits").pretrain.f_head == "softmax"
+    faces = preset("faces").pretrain
+    assert (faces.f_head, faces.f_flip) == ("cosface", True)
+    with pytest.raises(ConfigError, match="pretrain.f_head must be one of"):
+        apply_overrides(preset("tiny"), {"pretrain.f_head": "sphereface"})
+
+
+def test_f_cache_key_names_the_head_and_keeps_old_softmax_keys():
+    d = Domain(torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.arange(4), "s", "train")
+    domains = Domains(d, d, d, d)
+    cfg = preset("digits")
+    assert f_cache_key(cfg, domains).endswith("-a1-v3-seed0")         # unchanged for softmax f's
+    keys = {f_cache_key(apply_overrides(cfg, o), domains) for o in
+            ({}, {"pretrain.f_head": "cosface"}, {"pretrain.f_head": "arcface"},
+             {"pretrain.f_head": "cosface", "pretrain.f_margin": 0.2},
+             {"pretrain.f_head": "cosface", "pretrain.f_scale": 16.0}, {"pretrain.f_flip": True})}
+    assert len(keys) == 6
