@@ -131,3 +131,31 @@ def test_f_cache_key_names_the_head_and_keeps_old_softmax_keys():
              {"pretrain.f_head": "cosface", "pretrain.f_margin": 0.2},
              {"pretrain.f_head": "cosface", "pretrain.f_scale": 16.0}, {"pretrain.f_flip": True})}
     assert len(keys) == 6
+
+
+def test_bench_faces_writes_its_json_and_the_grid(tmp_path, digit_folders, faces_run):
+    """bench/faces.py at tiny size (the lead runs it at full size): JSON with the retrieval numbers and
+    f's quality, and the grid copied where --grid says. Its f comes from the cache faces_run filled, and
+    the f.json stored beside the cached f still tells its held-out quality."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("dtn_bench_faces", Path(__file__).resolve().parents[1]
+                                                  / "bench" / "faces.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    root = write_faces(tmp_path / "data")
+    _, tgt = digit_folders
+    out = bench.main(["--preset", "tiny", "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "faces.json"),
+                      "--grid", str(tmp_path / "docs" / "faces_grid.png"),
+                      "--set", "data.source=celeba-sample", "--set", f"data.target=folder:{tgt}",
+                      "--set", f"data.data_dir={root}", "--set", "nets.num_classes=0",
+                      "--set", "pretrain.f_head=cosface", "--set", "pretrain.f_flip=true"])
+    written = json.loads((tmp_path / "faces.json").read_text())
+    assert written == json.loads(json.dumps(out))
+    assert written["identity_n"] == 12 and written["command"].startswith("python bench/faces.py --preset tiny")
+    facts = written["f_pretraining"]
+    assert facts["f_head"] == "cosface" and facts["loaded_from_cache"].endswith(".safetensors")
+    assert facts["heldout_verification_auc"] == json.loads((faces_run / "f.json").read_text())["heldout_verification_auc"]
+    assert written["wall_seconds_total"] > 0
+    assert [r["step"] for r in written["curve_on_eval_subset"]] == [2.0, 4.0]
+    assert (tmp_path / "docs" / "faces_grid.png").is_file()

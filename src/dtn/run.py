@@ -2,6 +2,7 @@
 with periodic evaluation and checkpoints, evaluate at the end, write results.json."""
 from __future__ import annotations
 
+import json
 import math
 import signal
 import threading
@@ -26,7 +27,7 @@ from .pretrain import PRETRAIN_VERSION, accuracy, data_fingerprint, eval_classif
 from .report import save_grid, save_pairs_grid
 from .rundir import RunDir
 from .train import Trainer, pick_device
-from .weights import load_weights, save_weights
+from .weights import atomic_write, load_weights, save_weights
 
 LOG = print
 
@@ -128,9 +129,16 @@ def get_f(cfg: Config, run: RunDir, domains: Domains, device: torch.device) -> E
         load_weights(f, path)
         return f.eval()
     cached = cache_root() / "encoders" / f"{f_cache_key(cfg, domains)}.safetensors"
+    facts = cached.with_suffix(".json")          # f.json of the run that trained it, kept beside it
     if cached.is_file():
         load_weights(f, cached)
         save_weights(f, path)
+        if facts.is_file():
+            try:
+                run.write_json("f.json", {**json.loads(facts.read_text()), "loaded_from_cache": cached.name})
+            except (OSError, json.JSONDecodeError) as exc:
+                LOG(f"warning: {facts}: unreadable ({exc}); this run has no f.json (delete it, or the cached f "
+                    "beside it to retrain f)")
         LOG(f"f loaded from cache {cached.name}")
         return f.eval()
     t0 = time.time()
@@ -138,8 +146,9 @@ def get_f(cfg: Config, run: RunDir, domains: Domains, device: torch.device) -> E
     save_weights(f, path)
     save_weights(f, cached)
     seconds = time.time() - t0
-    quality = f_quality(cfg, f, domains, device)
-    run.write_json("f.json", {**quality, "f_head": cfg.pretrain.f_head, "seconds": seconds})
+    quality = {**f_quality(cfg, f, domains, device), "f_head": cfg.pretrain.f_head, "seconds": seconds}
+    run.write_json("f.json", quality)
+    atomic_write(facts, lambda tmp: Path(tmp).write_text(json.dumps(quality, indent=2) + "\n"))
     if "source_test_accuracy" in quality:
         LOG(f"f pretrained in {seconds:.0f}s: {quality['source_test_accuracy']:.2%} on {cfg.data.source} test, "
             f"{quality['target_test_accuracy']:.2%} on {cfg.data.target} test (diagnostic only)")
