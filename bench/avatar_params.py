@@ -20,7 +20,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +79,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64, help="estimator image size without RUN (default 64, faces)")
     parser.add_argument("--n", type=int, default=None, help="held-out faces to rank (default: the whole split)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda (default auto)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"estimator training steps (default {ap.DEFAULT_ESTIMATOR.steps}: the one "
+                        "`dtn transfer --avatar-svg` uses; another number trains and caches another estimator)")
     parser.add_argument("--out", default=str(RESULTS / "avatar_params.json"))
     args = parser.parse_args()
 
@@ -92,9 +95,10 @@ def main() -> None:
         ap.require_avatar_target(model.cfg, args.run)
     size = model.cfg.nets.image_size if model else args.size
     device = model.device if model else resolve_device(args.device)
-    estimator, scores = ap.get_estimator(size, device=device, say=say)
-    result["estimator"] = {"path": str(ap.estimator_path(size, tuple(avatars.current_styles()))),
-                           "image_size": size, "config": asdict(ap.DEFAULT_ESTIMATOR), "test": scores}
+    cfg = replace(ap.DEFAULT_ESTIMATOR, steps=args.steps) if args.steps else ap.DEFAULT_ESTIMATOR
+    estimator, scores = ap.get_estimator(size, cfg=cfg, device=device, say=say)
+    result["estimator"] = {"path": str(ap.estimator_path(size, tuple(avatars.current_styles()), cfg)),
+                           "image_size": size, "config": asdict(cfg), "test": scores}
     say(f"estimator on {scores['n']:,} test avatars: mean category accuracy "
         f"{100 * scores['mean_category_accuracy']:.1f} %, exact match {100 * scores['exact_match']:.1f} %")
     if model is not None:

@@ -165,8 +165,9 @@ def train_estimator(images: np.ndarray, options: np.ndarray, vocab: avatars.Voca
                     desc: str = "avatar estimator", say: Callable[[str], None] | None = None) -> ParamEstimator:
     """Fit a ParamEstimator on uint8 avatars (N, H, W, 3) and their option vectors (N, K); eval mode.
     `say` hears, a few steps in, how long the rest will take on this device (measured, not guessed)."""
-    cfg = cfg or DEFAULT_ESTIMATOR
     from .pretrain import _lr_at   # the schedule every dtn classifier uses
+
+    cfg = cfg or DEFAULT_ESTIMATOR
 
     options = np.asarray(options)
     if options.shape != (len(images), len(vocab.categories)):
