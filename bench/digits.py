@@ -1,9 +1,12 @@
-"""Run the default digits preset end to end and record accuracy, the iteration sweep and wall time.
+"""Run a preset end to end and record accuracy (overall and per class), the iteration sweep and wall time.
 
     python bench/digits.py [--preset digits] [--seed 0] [--set section.key=value ...]
+    python bench/digits.py --preset fashion --classes trouser,pullover --tag fashion2
+    python bench/digits.py --source mnist --target synth-digits --tag mnist_to_synth
 
-Writes bench/results/digits_<preset>_s<seed>.json: final metrics on the full synth-digits test split,
-the per-eval curve from metrics.csv (accuracy and FLD on a fixed 2,000-image subset), and timings.
+Writes bench/results/digits_<preset>_s<seed>.json (or <tag>.json): final metrics on the whole source
+test split, per-class accuracy from the confusion matrix, the per-eval curve from metrics.csv (accuracy
+and FLD on the eval subset), and timings.
 """
 from __future__ import annotations
 
@@ -16,6 +19,9 @@ from pathlib import Path
 
 import torch
 
+from dtn.cli import _data_overrides
+from dtn.data import load as load_split
+from dtn.data.classes import parse_classes, select_classes
 from dtn.config import apply_overrides, parse_set_args, preset, to_dict
 from dtn.rundir import RunDir
 from dtn.run import run_dtn
@@ -32,8 +38,13 @@ def main() -> None:
     p.add_argument("--resume", metavar="NAME", default="",
                    help="continue a stopped bench run runs-dir/NAME (exact resume) and write its JSON; "
                         "its wall time is then not recorded (the curve keeps the training seconds)")
+    p.add_argument("--source", help="source dataset, as `dtn run --source`")
+    p.add_argument("--target", help="target dataset, as `dtn run --target`")
+    p.add_argument("--classes", help="keep these classes, as `dtn run --classes`")
+    p.add_argument("--tag", default="", help="write bench/results/TAG.json instead of digits_<preset>_s<seed>.json")
     args = p.parse_args()
     overrides = {"train.seed": str(args.seed), **parse_set_args(args.set)}
+    _data_overrides(args, overrides)
     cfg = apply_overrides(preset(args.preset), overrides)
     name = args.resume or f"{args.preset}-s{args.seed}-{int(time.time())}"
     t0 = time.time()
@@ -43,12 +54,18 @@ def main() -> None:
     wall = None if args.resume else time.time() - t0
     run = RunDir(Path(args.runs_dir) / name)
     curve = [{k: float(v) for k, v in row.items() if v != ""} for row in run.read_metrics()]
+    classes = select_classes(load_split(cfg.data.source, "test", cfg.data.data_dir or None),
+                             parse_classes(cfg.data.classes)).class_names
+    per_class = {name: (row[k] / sum(row) if sum(row) else None)
+                 for k, (name, row) in enumerate(zip(classes, final.get("confusion", [])))}
     first_90 = next((r for r in curve if r.get("transfer_accuracy", 0) >= 0.90), None)
     out = {
         "command": "python bench/digits.py " + " ".join(sys.argv[1:]),
         "preset": args.preset, "overrides": overrides, "config": to_dict(cfg), "resumed": bool(args.resume),
-        "transfer_accuracy": final["transfer_accuracy"], "fld": final["fld"],
-        "f_consistency": final["f_consistency"], "source_baseline_accuracy": final["source_baseline_accuracy"],
+        "transfer_accuracy": final["transfer_accuracy"], "fld": final.get("fld"),
+        "f_consistency": final.get("f_consistency"), "source_baseline_accuracy": final.get("source_baseline_accuracy"),
+        "per_class_accuracy": per_class, "confusion": final.get("confusion"),
+        "source": cfg.data.source, "target": cfg.data.target, "classes": cfg.data.classes,
         "n_source_test": final["n_source_test"], "steps": final["steps"],
         "wall_seconds_total": None if wall is None else round(wall, 1), "train_seconds": final["train_seconds"],
         "first_eval_at_or_above_90": first_90 and {"step": first_90["step"], "seconds": first_90["seconds"],
@@ -60,7 +77,7 @@ def main() -> None:
                     "torch": torch.__version__},
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"digits_{args.preset}_s{args.seed}.json"
+    path = RESULTS / (f"{args.tag}.json" if args.tag else f"digits_{args.preset}_s{args.seed}.json")
     path.write_text(json.dumps(out, indent=2) + "\n")
     took = "" if wall is None else f" in {wall / 60:.1f} min"
     print(f"wrote {path}: accuracy {final['transfer_accuracy']:.2%}{took}")
