@@ -111,8 +111,8 @@ def f_quality(cfg: Config, f: Encoder, domains: Domains, device: torch.device) -
             f"verification AUC {out['heldout_verification_auc']:.4f}")
     else:
         out["source_test_accuracy"] = accuracy(f.classify, domains.source_test.subset(5000).to(device))
-    labelled = len(domains.target_test) and domains.target_test.labels.min() >= 0
-    out["target_test_accuracy"] = accuracy(f.classify, domains.target_test.to(device)) if labelled else float("nan")
+    if len(domains.target_test) and domains.target_test.labels.min() >= 0:      # avatars have no labels
+        out["target_test_accuracy"] = accuracy(f.classify, domains.target_test.to(device))
     return out
 
 
@@ -151,7 +151,7 @@ def get_f(cfg: Config, run: RunDir, domains: Domains, device: torch.device) -> E
     atomic_write(facts, lambda tmp: Path(tmp).write_text(json.dumps(quality, indent=2) + "\n"))
     if "source_test_accuracy" in quality:
         LOG(f"f pretrained in {seconds:.0f}s: {quality['source_test_accuracy']:.2%} on {cfg.data.source} test, "
-            f"{quality['target_test_accuracy']:.2%} on {cfg.data.target} test (diagnostic only)")
+            f"{quality.get('target_test_accuracy', float('nan')):.2%} on {cfg.data.target} test (diagnostic only)")
     else:
         LOG(f"f pretrained in {seconds:.0f}s ({cfg.pretrain.f_head} head)")
     return f.eval()
