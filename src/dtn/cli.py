@@ -351,7 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", help="checkpoint file (default: the latest)")
     e.add_argument("--metrics", help="comma-separated: transfer_accuracy, f_consistency, fld, source_baseline, "
                    "adaptation_accuracy (paper §5.1: LeNet trained on G(source train) with source labels, "
-                   "tested on target test) (default: all but adaptation_accuracy)")
+                   "tested on target test), identity_retrieval (held-out identities, e.g. faces: rank x among "
+                   "all held-out x by f(G(x)); computed in place of f_consistency there) "
+                   "(default: all but adaptation_accuracy)")
     e.add_argument("--adaptation-samples", type=int, default=20000,
                    help="source train images transferred for adaptation_accuracy (default 20000)")
 

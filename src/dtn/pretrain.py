@@ -2,6 +2,9 @@
 
 f's code is what L_CONST preserves, so f must read *digits*, not colours: its augmentation (random
 grey, inversion, shifts, contrast) only uses source images and labels, never the target domain.
+For faces f is an identity encoder: pretrain.f_head cosface/arcface trains it with a margin softmax
+(MarginPretraining, losses.margin_logits) so that photos of one person cluster by angle, also for the
+held-out people it never saw; mirror flips (f_flip) add views of each identity.
 The evaluation classifier is cached by a checksum of its training data, so every run shares it.
 """
 from __future__ import annotations
