@@ -9,19 +9,17 @@ bench/results/avatars_gen.json. Under a minute; the numbers depend on what else 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
 from importlib.metadata import version
-from pathlib import Path
 
 import numpy as np
 
 from dtn.data import avatars
 from dtn.data.parallel import default_workers
+from machine import RESULTS, write_result  # bench/machine.py (the script's folder is on sys.path)
 
-RESULTS = Path(__file__).resolve().parent / "results" / "avatars_gen.json"
 
 
 def rate(n: int, styles: tuple[str, ...], workers: int, seed: int) -> tuple[float, float]:
@@ -76,9 +74,7 @@ def main() -> None:
         "packages": {p: version(p) for p in ("dicebear-core", "dicebear-styles", "resvg-py")},
         "python": platform.python_version(),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(RESULTS / "avatars_gen.json", result, echo=True)
 
 
 if __name__ == "__main__":

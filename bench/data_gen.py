@@ -8,16 +8,14 @@ bench/results/data_gen.json. The number depends on what else the machine is runn
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
-from pathlib import Path
 
 from dtn.data import synth_digits
+from machine import RESULTS, write_result  # bench/machine.py (the script's folder is on sys.path)
 
 TARGET = 2000
-RESULTS = Path(__file__).resolve().parent / "results" / "data_gen.json"
 
 
 def measure(n: int, workers: int | None, repeats: int = 2) -> list[float]:
@@ -56,9 +54,7 @@ def main() -> None:
         "generator_version": synth_digits.GENERATOR_VERSION,
         "python": platform.python_version(),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(RESULTS / "data_gen.json", result, echo=True)
 
 
 if __name__ == "__main__":

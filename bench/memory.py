@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 
-RESULTS = Path(__file__).resolve().parent / "results"
 GOAL_GIB = 3.0
 SVHN_EXTRA = 531_131
 
@@ -112,7 +111,7 @@ def main() -> None:
         print(json.dumps(measure(Path(args.path), args.child, args.steps)))
         return
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from machine import machine_info
+    from machine import RESULTS, machine_info, write_result
 
     with tempfile.TemporaryDirectory(dir=args.keep) as tmp:
         path = Path(tmp) / "source.npy"
@@ -133,9 +132,7 @@ def main() -> None:
                     "opens the source, builds the digits Trainer and runs the train steps",
         "machine": machine_info(),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / "memory.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_result(RESULTS / "memory.json", result)
     print(f"wrote {out}: peak RSS {peak:.2f} GiB with the memmapped source "
           f"({runs['copy']['peak_rss_gib']:.2f} GiB copied into RAM); goal <= {GOAL_GIB} GiB")
 

@@ -13,7 +13,6 @@ Writes bench/results/peak.json (peak_cuda.json with --device cuda).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -23,13 +22,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import machine_info  # noqa: E402
+from machine import add_speed_args, machine_info, result_path, speed_device, write_result  # noqa: E402
 from train_step import build, sync  # noqa: E402
 
 from dtn.config import apply_overrides, preset  # noqa: E402
-from dtn.train import pick_device  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 GOAL = 0.5
 
 
@@ -66,16 +63,11 @@ def step_flops(trainer) -> tuple[int, dict[str, int]]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="digits")
-    p.add_argument("--device", default="cpu")
+    add_speed_args(p)
     p.add_argument("--steps", type=int, default=6, help="timed train steps")
     p.add_argument("--size", type=int, default=2048, help="matrix size of the peak matmul")
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--out", default=None)
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = pick_device(args.device)
+    device = speed_device(args)
     cfg = apply_overrides(preset(args.preset), {"train.device": str(device)})
     trainer, _, _ = build(cfg, device, 4096, workers=0)
     flops, per_op = step_flops(trainer)
@@ -113,9 +105,7 @@ def main() -> None:
                    "BatchNorm, activations, losses and Adam are not counted",
         "machine": machine_info(device),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = Path(args.out) if args.out else RESULTS / ("peak.json" if device.type == "cpu" else f"peak_{device.type}.json")
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_result(result_path(args, "peak", device), result)
     print(f"wrote {out}: {flops / 1e9:.1f} GFLOP/step in {step_s:.3f} s = {achieved / 1e9:.0f} GFLOP/s; "
           f"peak bf16 {peaks['bf16'] / 1e9:.0f}, fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s: "
           f"{100 * fraction:.1f} % of bf16 peak (goal {100 * GOAL:.0f} %)")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import sys
 import time
@@ -26,15 +25,14 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import machine_info  # noqa: E402
+from machine import add_speed_args, machine_info, result_path, speed_device, write_result  # noqa: E402
 from reference_step import make_loader, make_nets, reference_step  # noqa: E402
 
 from dtn.config import apply_overrides, parse_set_args, preset  # noqa: E402
 from dtn.domain import Domain  # noqa: E402
 from dtn.nets import Encoder, init_weights  # noqa: E402
-from dtn.train import Trainer, pick_device  # noqa: E402
+from dtn.train import Trainer  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 GOAL = 2.5
 
 
@@ -81,7 +79,7 @@ def time_steps(fn, steps: int, device: torch.device) -> float:
     for _ in range(steps):
         fn()
     sync(device)
-    return (time.perf_counter() - t0) / steps
+    return (time.perf_counter() - t0) / max(1, steps)   # steps 0 (--warmup 0): no time, not a crash
 
 
 def alternate(trainer, nets, loaders, cfg, device: torch.device, args) -> dict[str, list[float]]:
@@ -133,9 +131,8 @@ def summary(times: dict[str, list[float]], cfg, device: torch.device, args) -> d
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="digits")
+    add_speed_args(p)
     p.add_argument("--set", action="append", default=[], help="section.key=value, applied to both")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--steps", type=int, default=3, help="steps of each per round")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps of each first")
@@ -143,19 +140,12 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=0, help="reference DataLoader workers (default 0: loading a "
                    "128-image batch takes about 5 ms here, about 1 %% of a step, and workers would compete with the "
                    "step for the 2 cores)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
-    p.add_argument("--out", default=None)
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = pick_device(args.device)
+    device = speed_device(args)
     cfg = apply_overrides(preset(args.preset), {"train.device": str(device), **parse_set_args(args.set)})
     trainer, nets, loaders = build(cfg, device, args.images, args.workers)
     result = summary(alternate(trainer, nets, loaders, cfg, device, args), cfg, device, args)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = Path(args.out) if args.out else RESULTS / ("train_step.json" if device.type == "cpu" else
-                                                     f"train_step_{device.type}.json")
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_result(result_path(args, "train_step", device), result)
     print(f"wrote {out}: reference {result['reference']['img_per_s']} img/s, trainer "
           f"{result['trainer']['img_per_s']} img/s, {result['speedup']:.2f}x (goal {GOAL}x)")
 

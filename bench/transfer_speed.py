@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 import time
 from pathlib import Path
@@ -22,15 +21,13 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import machine_info  # noqa: E402
+from machine import add_speed_args, machine_info, result_path, speed_device, write_result  # noqa: E402
 from train_step import sync  # noqa: E402
 
 from dtn.apply import DTN  # noqa: E402
 from dtn.config import preset  # noqa: E402
 from dtn.nets import Encoder, Generator, init_weights  # noqa: E402
-from dtn.train import pick_device  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 GOAL = 5000.0
 
 
@@ -59,17 +56,12 @@ def runners(cfg, f, g, device: torch.device, images: np.ndarray) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="digits")
-    p.add_argument("--device", default="cpu")
+    add_speed_args(p)
     p.add_argument("--batch-sizes", default="64,256,1024")
     p.add_argument("--images", type=int, default=2048)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--out", default=None)
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = pick_device(args.device)
+    device = speed_device(args)
     cfg = preset(args.preset)
     torch.manual_seed(0)
     f, g = Encoder(cfg.nets), Generator(cfg.nets)
@@ -102,10 +94,7 @@ def main() -> None:
         "shortfall": None if top >= GOAL else f"{GOAL - top:.0f} img/s below the goal ({100 * (1 - top / GOAL):.0f} % short)",
         "images": args.images, "repeats": args.repeats, "machine": machine_info(device),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = Path(args.out) if args.out else RESULTS / ("transfer_speed.json" if device.type == "cpu"
-                                                     else f"transfer_speed_{device.type}.json")
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_result(result_path(args, "transfer_speed", device), result)
     print(f"wrote {out}: best {top:.0f} img/s with bf16 + channels_last (goal {GOAL:.0f})")
 
 
