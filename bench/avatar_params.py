@@ -30,6 +30,8 @@ from dtn import avatar_params as ap
 from dtn.apply import DTN, resolve_device
 from dtn.data import avatars
 from dtn.domain import load_domain
+from dtn.metrics.retrieval import identity_retrieval
+from dtn.nets import from_images
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -51,13 +53,8 @@ def heldout_faces(model: DTN, n: int | None) -> np.ndarray:
 
 def retrieval(model: DTN, faces: np.ndarray, rendered: np.ndarray, transferred: np.ndarray) -> dict:
     """identity_retrieval of G(x) and of the rendered avatars, the same f, faces and distance."""
-    try:
-        from dtn.metrics.retrieval import identity_retrieval
-    except ImportError as exc:
-        return {"unavailable": f"dtn.metrics.retrieval.identity_retrieval cannot be imported ({exc})"}
-
     def floats(images: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0).to(model.device)
+        return from_images(torch.from_numpy(images)).to(model.device)
 
     with torch.inference_mode():
         source = floats(faces)

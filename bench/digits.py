@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from dtn.cli import _data_overrides
+from dtn.cli import data_overrides
 from dtn.data import load as load_split
 from dtn.data.classes import parse_classes, select_classes
 from dtn.config import apply_overrides, parse_set_args, preset, to_dict
@@ -44,7 +44,7 @@ def main() -> None:
     p.add_argument("--tag", default="", help="write bench/results/TAG.json instead of digits_<preset>_s<seed>.json")
     args = p.parse_args()
     overrides = {"train.seed": str(args.seed), **parse_set_args(args.set)}
-    _data_overrides(args, overrides)
+    data_overrides(args, overrides)
     cfg = apply_overrides(preset(args.preset), overrides)
     name = args.resume or f"{args.preset}-s{args.seed}-{int(time.time())}"
     t0 = time.time()

@@ -27,6 +27,7 @@ from dtn.apply import DTN, resolve_device
 from dtn.config import Config, apply_overrides, parse_set_args, preset
 from dtn.domain import load_domain
 from dtn.metrics.accuracy import transfer_accuracy
+from dtn.nets import to_float
 from dtn.pretrain import eval_classifier
 from dtn.rundir import RunDir
 from dtn.run import run_dtn
@@ -57,7 +58,7 @@ def labelled_accuracies(run_path: Path, cfg: Config, n: int, device: torch.devic
     target_train = load_domain(cfg.data.target, "train", nets.image_size, nets.target_channels, data_dir)
     classifier, _ = eval_classifier(cfg.pretrain, target_train.to(device), nets.num_classes)
     source = load_domain(cfg.data.source, "test", nets.image_size, nets.source_channels, data_dir).subset(n, seed=7)
-    x = source.images.float().div(127.5).sub(1.0)
+    x = to_float(source.images)
     out = {}
     for step, _ in RunDir.open(run_path).checkpoints():
         model = DTN.load(run_path, checkpoint=step, device=str(device))

@@ -26,7 +26,7 @@ from train_step import sync  # noqa: E402
 
 from dtn.apply import DTN  # noqa: E402
 from dtn.config import preset  # noqa: E402
-from dtn.nets import Encoder, Generator, init_weights  # noqa: E402
+from dtn.nets import Encoder, Generator, from_images, init_weights  # noqa: E402
 
 GOAL = 5000.0
 
@@ -34,7 +34,7 @@ GOAL = 5000.0
 def runners(cfg, f, g, device: torch.device, images: np.ndarray) -> dict:
     """name -> function(batch) that transfers all `images` once, `batch` at a time; each runner has its
     own copy of f and g (module.to(memory_format) changes a module in place)."""
-    x32 = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1).to(device)
+    x32 = from_images(torch.from_numpy(images)).to(device)
     f_cl, g_cl = (copy.deepcopy(m).to(memory_format=torch.channels_last) for m in (f, g))
     model = DTN(cfg, copy.deepcopy(f), copy.deepcopy(g), device)
 

@@ -23,7 +23,7 @@ from .config import Config
 from .data.image_folder import EXTENSIONS, BadImage, _list_images, decode_workers, open_image, to_mode
 from .domain import resize_uint8
 from .errors import ConfigError, DataError, DtnError, RunError
-from .nets import Encoder, Generator, to_images
+from .nets import Encoder, Generator, to_float, to_images
 from .rundir import RunDir, inference_weights, load_module_weights
 from .weights import load_tensors
 
@@ -117,7 +117,7 @@ class DTN:
         if images.ndim == 3:
             images = images[..., None]
         size, ch = self.cfg.nets.image_size, self.cfg.nets.source_channels
-        return resize_uint8(images, size, ch).float().div_(127.5).sub_(1.0)
+        return to_float(resize_uint8(images, size, ch))
 
     def transfer(self, images: np.ndarray | Sequence[np.ndarray], batch: int = 1000) -> np.ndarray:
         """uint8 images -> uint8 target-domain images (N,S,S) or (N,S,S,3), in the same order.

@@ -43,7 +43,7 @@ from .data.base import cache_root
 from .data.parallel import chunk_sizes, default_workers, run_chunks
 from .domain import resize_uint8
 from .errors import ConfigError, DataError, RunError
-from .nets import final_size, num_blocks
+from .nets import final_size, num_blocks, to_float
 from .progress import progress
 from .weights import load_tensors, save_tensors
 
@@ -189,7 +189,7 @@ def train_estimator(images: np.ndarray, options: np.ndarray, vocab: avatars.Voca
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, cfg.steps, cfg.lr)
         idx = torch.randint(len(x_all), (cfg.batch,), generator=gen).to(device)
-        x = x_all.index_select(0, idx).float().div_(127.5).sub_(1.0)
+        x = to_float(x_all.index_select(0, idx))
         if cfg.augment:
             x = augment_avatars(x, gen)
         loss = _loss(model(x), y_all.index_select(0, idx))
@@ -208,7 +208,7 @@ def estimate_options(estimator: ParamEstimator, images: np.ndarray, batch: int =
     style_of = np.array([estimator.vocab.styles.index(c.style) if c.style else -1 for c in cats])
     out = np.empty((len(images), len(cats)), np.int16)
     for start in range(0, len(images), batch):
-        x = to_tensor(images[start:start + batch], estimator.image_size).to(device).float().div_(127.5).sub_(1.0)
+        x = to_float(to_tensor(images[start:start + batch], estimator.image_size).to(device))
         best = np.stack([lg.argmax(1).cpu().numpy() for lg in estimator(x)], 1)
         own = (style_of[None, :] == best[:, :1]) | (style_of[None, :] == -1)
         out[start:start + len(x)] = np.where(own, best, -1)

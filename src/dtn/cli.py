@@ -126,11 +126,11 @@ def _config(args):
         overrides["train.seed"] = args.seed
     if getattr(args, "device", None):
         overrides["train.device"] = args.device
-    _data_overrides(args, overrides)
+    data_overrides(args, overrides)
     return apply_overrides(cfg, overrides)
 
 
-def _data_overrides(args, overrides: dict) -> None:
+def data_overrides(args, overrides: dict) -> None:
     """--source/--target/--classes/--balanced onto data.*; a new source or target leaves the nets' channels
     and class count to the data (0: filled in by run.fill_from_data) unless --set gives them."""
     for flag, key, follows in (("source", "data.source", ("nets.source_channels", "nets.num_classes")),

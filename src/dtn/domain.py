@@ -15,6 +15,7 @@ from torch.nn import functional as F
 from . import data as datasets
 from .data.classes import select_classes
 from .errors import DataError
+from .nets import to_float
 
 
 @dataclass
@@ -39,7 +40,7 @@ class Domain:
     def batch(self, idx: torch.Tensor, memory_format=torch.contiguous_format) -> tuple[torch.Tensor, torch.Tensor]:
         """Images at idx as float [-1, 1] (N, C, S, S), and their labels."""
         idx = idx.to(self.images.device)
-        x = self.images.index_select(0, idx).float().div_(127.5).sub_(1.0)
+        x = to_float(self.images.index_select(0, idx))
         return x.contiguous(memory_format=memory_format), self.labels.index_select(0, idx)
 
     def sample(self, n: int, generator: torch.Generator, memory_format=torch.contiguous_format,

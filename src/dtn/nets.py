@@ -163,9 +163,15 @@ def to_images(x: torch.Tensor) -> torch.Tensor:
     return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
+def to_float(u8: torch.Tensor) -> torch.Tensor:
+    """uint8 images (any layout) -> float in [-1, 1], the range every net here reads and writes (the
+    inverse of to_images' scaling). A new tensor: the caller's images are never changed."""
+    return u8.float().div(127.5).sub_(1.0)
+
+
 def from_images(x: torch.Tensor, size: int | None = None, channels: int | None = None) -> torch.Tensor:
     """uint8 (N, H, W, C) -> float (N, C, size, size) in [-1, 1]; resizes and converts channels."""
-    x = x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+    x = to_float(x.permute(0, 3, 1, 2))
     if channels is not None and x.shape[1] != channels:
         x = grey(x) if channels == 1 else x.expand(-1, channels, -1, -1)
     if size is not None and x.shape[-1] != size:

@@ -17,7 +17,7 @@ from .config import Config, to_toml
 from .distributed import Dist, prepare, process_device, session
 from .domain import Domain, load_domain
 from .errors import DtnError, RunError
-from .nets import Encoder, LeNet
+from .nets import Encoder, LeNet, to_float
 from .data import load as load_split
 from .data.base import cache_root
 from .data.classes import parse_classes, select_classes
@@ -103,7 +103,7 @@ def f_quality(cfg: Config, f: Encoder, domains: Domains, device: torch.device) -
     out = {}
     if heldout_classes(domains.source_train, domains.source_test):
         test = domains.source_test.to(device)
-        codes = metrics.batched(f, test.images.float().div(127.5).sub(1.0))
+        codes = metrics.batched(f, to_float(test.images))
         out.update(encoder_quality(codes, test.labels))
         LOG(f"f on {out['heldout_identities']:,} held-out identities ({len(test):,} images): another photo of "
             f"the same person ranks {out['heldout_retrieval_median_rank']:g} (median), recall@1 "

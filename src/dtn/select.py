@@ -54,7 +54,7 @@ from .domain import load_domain
 from .errors import ConfigError, RunError
 from .metrics import batched
 from .metrics.fld import frechet_distance
-from .nets import Discriminator, Encoder, Generator
+from .nets import Discriminator, Encoder, Generator, to_float
 from .rundir import RunDir, inference_weights
 from .weights import load_tensors
 
@@ -173,7 +173,7 @@ def selection_images(cfg: Config, samples: int, seed: int, device: torch.device)
     out = []
     for name, channels in ((cfg.data.source, n.source_channels), (cfg.data.target, n.target_channels)):
         domain = load_domain(name, "test", n.image_size, channels, data_dir).subset(samples, seed=seed)
-        out.append(domain.images.to(device).float().div_(127.5).sub_(1.0))
+        out.append(to_float(domain.images.to(device)))
     return out[0], out[1]
 
 

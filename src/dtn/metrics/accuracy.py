@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..nets import grey
+from ..nets import grey, to_float
 from . import EvalContext, batched, register_metric
 
 
@@ -33,7 +33,7 @@ def _source_baseline(ctx: EvalContext) -> dict:
     channels = ctx.target_test.channels if ctx.target_test is not None else 1
 
     def read(u8: torch.Tensor) -> torch.Tensor:  # uint8 batch -> classifier logits
-        x = u8.float().div(127.5).sub(1.0)
+        x = to_float(u8)
         return ctx.classifier(grey(x) if channels == 1 else x)
 
     pred = batched(read, ctx.source_test.images, ctx.batch_size).argmax(1).cpu()

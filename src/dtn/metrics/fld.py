@@ -7,6 +7,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..nets import to_float
 from . import EvalContext, register_metric
 
 
@@ -48,5 +49,5 @@ def frechet_lenet_distance(classifier: nn.Module, real: torch.Tensor, fake: torc
 
 @register_metric("fld")
 def _fld(ctx: EvalContext) -> dict:
-    real = ctx.target_test.images.float().div(127.5).sub(1.0)
+    real = to_float(ctx.target_test.images)
     return {"fld": frechet_lenet_distance(ctx.classifier, real, ctx.transferred())}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
+from ..nets import to_float
 from . import EvalContext, batched, register_metric
 
 DISTANCES = ("cosine", "euclidean")
@@ -135,5 +136,5 @@ def identity_retrieval(f, source: torch.Tensor, transferred: torch.Tensor, dista
 @register_metric("identity_retrieval")
 def _identity_retrieval(ctx: EvalContext) -> dict:
     """Needs no labels: query i's true match is source test image i itself."""
-    source = ctx.source_test.images.float().div(127.5).sub(1.0)
+    source = to_float(ctx.source_test.images)
     return identity_retrieval(ctx.f, source, ctx.transferred())
