@@ -41,10 +41,11 @@ from torch.nn import functional as F
 from .data import avatars
 from .data.base import cache_root
 from .data.parallel import chunk_sizes, default_workers, run_chunks
-from .domain import resize_uint8
+from .domain import Domain, resize_uint8
 from .errors import ConfigError, DataError, RunError
 from .nets import final_size, num_blocks, to_float
-from .progress import progress
+from .pretrain import train_classifier
+from .progress import duration
 from .weights import load_tensors, save_tensors
 
 if TYPE_CHECKING:
@@ -64,7 +65,7 @@ class EstimatorConfig:
     width: int = 32          # channels of the first block; doubles per stride-2 block, capped at 256
     steps: int = 4000        # optimiser steps (4000 x 128 = about 5 passes over 100k avatars)
     batch: int = 128
-    lr: float = 2e-3         # AdamW peak; 5 % warm-up then cosine decay (pretrain._lr_at)
+    lr: float = 2e-3         # AdamW peak; 5 % warm-up then cosine decay (pretrain.train_classifier)
     seed: int = 0
     augment: bool = True     # shifts, blur, colour jitter, noise (see augment_avatars)
 
@@ -148,10 +149,6 @@ def to_tensor(images: np.ndarray, size: int) -> torch.Tensor:
     return resize_uint8(images, size, 3)
 
 
-def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
-
-
 def _loss(logits: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
     """Mean over categories of the cross-entropy, ignoring -1 (a category of another style); a
     category that no avatar of the batch uses adds nothing."""
@@ -164,38 +161,21 @@ def train_estimator(images: np.ndarray, options: np.ndarray, vocab: avatars.Voca
                     cfg: EstimatorConfig | None = None, device: str | torch.device = "cpu",
                     desc: str = "avatar estimator", say: Callable[[str], None] | None = None) -> ParamEstimator:
     """Fit a ParamEstimator on uint8 avatars (N, H, W, 3) and their option vectors (N, K); eval mode.
-    `say` hears, a few steps in, how long the rest will take on this device (measured, not guessed)."""
-    from .pretrain import _lr_at   # the schedule every dtn classifier uses
-
+    The loop is every dtn classifier's (pretrain.train_classifier), with the option vectors as labels;
+    `say` hears, a few steps in, how long the rest will take on this device."""
     cfg = cfg or DEFAULT_ESTIMATOR
-
     options = np.asarray(options)
     if options.shape != (len(images), len(vocab.categories)):
         raise DataError(f"{len(images)} avatars need option vectors of shape ({len(images)}, "
                         f"{len(vocab.categories)}), got {options.shape}")
     device = torch.device(device)
     torch.manual_seed(cfg.seed)
-    x_all = to_tensor(images, image_size).to(device)
-    y_all = torch.from_numpy(options.astype(np.int64)).to(device)
+    domain = Domain(to_tensor(images, image_size).to(device), torch.from_numpy(options.astype(np.int64)).to(device),
+                    avatars.NAME, "train")
     model = ParamEstimator(vocab, image_size, cfg.width).to(device)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
-    model.train()
-    clock, timed = time.perf_counter(), min(20, max(1, cfg.steps // 20))
-    for step in progress(range(cfg.steps), desc=desc):
-        if say and step == timed:
-            per_step = (time.perf_counter() - clock) / timed
-            say(f"{per_step:.2f} s per step: about {_duration(per_step * (cfg.steps - timed))} to go")
-        for group in opt.param_groups:
-            group["lr"] = _lr_at(step, cfg.steps, cfg.lr)
-        idx = torch.randint(len(x_all), (cfg.batch,), generator=gen).to(device)
-        x = to_float(x_all.index_select(0, idx))
-        if cfg.augment:
-            x = augment_avatars(x, gen)
-        loss = _loss(model(x), y_all.index_select(0, idx))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    augment = augment_avatars if cfg.augment else (lambda x, generator: x)
+    train_classifier(model, None, domain, cfg.steps, cfg.batch, cfg.lr, augment, cfg.seed, desc,
+                     loss_fn=lambda x, labels: _loss(model(x), labels), say=say)
     return model.eval()
 
 
@@ -318,7 +298,7 @@ def get_estimator(image_size: int, styles: Sequence[str] | None = None, cfg: Est
     scores["train_seconds"] = round(time.perf_counter() - start, 1)
     scores["train_n"] = len(train)
     save_estimator(estimator, path, cfg, scores)
-    say(f"trained the avatar parameter estimator in {_duration(scores['train_seconds'])}: on {len(test):,} "
+    say(f"trained the avatar parameter estimator in {duration(scores['train_seconds'])}: on {len(test):,} "
         f"test avatars, mean category accuracy {100 * scores['mean_category_accuracy']:.1f} %, "
         f"exact match {100 * scores['exact_match']:.1f} %")
     return estimator, scores

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -22,7 +24,7 @@ from .data.base import cache_root
 from .domain import Domain
 from .losses import margin_logits
 from .nets import Encoder, LeNet, NetConfig, init_weights
-from .progress import progress
+from .progress import duration, progress
 from .weights import load_weights, save_weights
 
 #: Bump when pretraining changes what f learns (augmentation, loop): part of the f cache key.
@@ -116,15 +118,21 @@ def _lr_at(step: int, total: int, lr: float) -> float:
 
 
 def train_classifier(model: nn.Module, logits_fn, domain: Domain, steps: int, batch: int, lr: float,
-                     augment, seed: int, desc: str, autocast_dtype=None, loss_fn=None) -> None:
+                     augment, seed: int, desc: str, autocast_dtype=None, loss_fn=None,
+                     say: Callable[[str], None] | None = None) -> None:
     """A plain supervised loop: AdamW over model's parameters, warm-up + cosine, random-index batches;
-    the loss is cross-entropy of logits_fn(x), or loss_fn(x, labels) when given (a margin softmax needs
-    the labels to build its logits)."""
+    the loss is cross-entropy of logits_fn(x), or loss_fn(x, labels) when given (a margin softmax or the
+    avatar estimator's per-category heads need the labels). `say` hears, a few steps in, how long the
+    rest will take on this device (measured, not guessed)."""
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     device = domain.images.device
     model.train()
+    clock, timed = time.perf_counter(), min(20, max(1, steps // 20))
     for step in progress(range(steps), desc=desc):
+        if say and step == timed:
+            per_step = (time.perf_counter() - clock) / timed
+            say(f"{per_step:.2f} s per step: about {duration(per_step * (steps - timed))} to go")
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, steps, lr)
         x, y = domain.sample(batch, gen)

@@ -16,3 +16,8 @@ def quiet() -> bool:
 
 def progress(iterable: Iterable[T], desc: str = "", total: int | None = None, **kw) -> Iterable[T]:
     return tqdm(iterable, desc=desc, total=total, disable=quiet(), dynamic_ncols=True, leave=False, **kw)
+
+
+def duration(seconds: float) -> str:
+    """A time for a log line: seconds under two minutes, else whole minutes."""
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
