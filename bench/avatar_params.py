@@ -86,7 +86,8 @@ def main() -> None:
     result: dict = {"command": "python bench/avatar_params.py " + " ".join(sys.argv[1:]),
                     "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
                                f"{os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads",
-                    "avatar_styles": list(avatars.current_styles()), "attribution": avatars.attribution()}
+                    "avatar_styles": list(avatars.current_styles()), "attribution": avatars.attribution(),
+                    "avatars_env": avatars.env_overrides()}
     model = DTN.load(args.run, device=args.device) if args.run else None
     if model is not None:
         ap.require_avatar_target(model.cfg, args.run)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from dtn.data import avatars
 from dtn.config import apply_overrides, parse_set_args, preset, to_dict
 from dtn.run import run_dtn
 from dtn.rundir import RunDir
@@ -64,8 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
         "f_pretraining": run.read_json("f.json") if (run.path / "f.json").exists() else "f loaded from the cache",
         "curve_on_eval_subset": curve, "eval_subset_size": cfg.train.eval_samples,
         "steps": final["steps"], "wall_seconds_total": round(wall, 1), "train_seconds": final["train_seconds"],
-        "avatars_env": {k: os.environ[k] for k in ("DTN_AVATARS_TRAIN_N", "DTN_AVATARS_TEST_N", "DTN_AVATARS_STYLES")
-                        if k in os.environ},
+        "avatars_env": avatars.env_overrides(),
         "config": to_dict(run.config()),
         "machine": {"threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
                     "platform": platform.platform(), "torch": torch.__version__},

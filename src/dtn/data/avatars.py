@@ -440,6 +440,12 @@ def current_styles() -> tuple[str, ...]:
     return tuple(s.strip() for s in raw.split(",") if s.strip())
 
 
+def env_overrides() -> dict[str, str]:
+    """The DTN_AVATARS_* variables that are set (split sizes, styles): what a result must record beside
+    its numbers, since they change the avatars it was measured on."""
+    return {k: os.environ[k] for k in (*SIZE_ENV.values(), STYLES_ENV) if k in os.environ}
+
+
 def split_size(split: str) -> int:
     """Avatars in a split: $DTN_AVATARS_{TRAIN,TEST}_N, else the default."""
     return size_from_env(SIZE_ENV[split], DEFAULT_SIZES[split], "avatars")
