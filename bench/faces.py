@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> dict:
         **{k: final[k] for k in IDENTITY_KEYS},
         "f_pretraining": run.read_json("f.json") if (run.path / "f.json").exists() else "f loaded from the cache",
         "curve_on_eval_subset": curve, "eval_subset_size": cfg.train.eval_samples,
+        # every metrics.csv row (loss terms each log step): whether D wins shows here, not in retrieval
+        "metrics_rows": [{k: float(v) for k, v in row.items() if v != ""} for row in run.read_metrics()],
         "steps": final["steps"], "wall_seconds_total": round(wall, 1), "train_seconds": final["train_seconds"],
         "avatars_env": avatars.env_overrides(),
         "config": to_dict(run.config()),
