@@ -20,8 +20,13 @@ from machine import machine_info  # noqa: E402
 HERE = Path(__file__).resolve().parent
 BENCHES = {
     "train_step": ["train_step.py", "--device", "cuda", "--rounds", "6", "--steps", "20", "--warmup", "5", "--workers", "4"],
+    # the same without the captured graph: what the graph itself buys
+    "train_step_eager": ["train_step.py", "--device", "cuda", "--rounds", "6", "--steps", "20", "--warmup", "5",
+                         "--workers", "4", "--set", "train.cuda_graphs=false"],
     "peak": ["peak.py", "--device", "cuda", "--steps", "20", "--size", "8192"],
     "transfer_speed": ["transfer_speed.py", "--device", "cuda", "--batch-sizes", "256,1024,4096", "--images", "32768"],
+    # the whole `dtn run digits` on the GPU (graphed steps, evaluation, checkpoints): needs DTN_DATA_DIR's MNIST
+    "time_to_90": ["time_to_90.py", "--eval-every", "100", "--runs-dir", "runs/gpu"],
 }
 
 

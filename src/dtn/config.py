@@ -76,6 +76,8 @@ class TrainConfig:
     device: str = "auto"              # auto | cpu | cuda | cuda:N
     precision: str = "bf16"           # bf16 (autocast) | fp32
     channels_last: bool = True
+    cuda_graphs: bool = True          # on a CUDA device, replay each step as one captured CUDA graph
+                                      # (same arithmetic as eager; cuda_graph.py says which options prevent it)
     threads: int = 0                  # torch threads; 0 = all cores
     log_every: int = 50
     eval_every: int = 250             # transfer accuracy / FLD on a test subset; 0 = only at the end

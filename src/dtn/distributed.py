@@ -132,6 +132,7 @@ def prepare(trainer, d: Dist):
                           f"{d.world_size} processes")
     per = t.batch_size // d.world_size
     trainer.shard = slice(d.rank * per, (d.rank + 1) * per)
+    trainer.use_eager("several processes (DDP)")
     ids = [trainer.device.index] if trainer.device.type == "cuda" else None
     # broadcast_buffers=False: global BatchNorm keeps the running statistics equal on every rank anyway,
     # and a broadcast in forward would hang rank 0's evaluation while the others wait elsewhere.

@@ -47,8 +47,12 @@ class Domain:
                shard: slice | None = None):
         """n random images; with `shard`, only that slice of them (distributed.py: each process trains on
         its slice of the one global batch that every process draws from the same stream)."""
-        idx = self._balanced_indices(n, generator) if self.balanced else torch.randint(len(self), (n,), generator=generator)
+        idx = self.draw(n, generator)
         return self.batch(idx if shard is None else idx[shard], memory_format)
+
+    def draw(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """The n random indices sample() reads (on the generator's device, the CPU)."""
+        return self._balanced_indices(n, generator) if self.balanced else torch.randint(len(self), (n,), generator=generator)
 
     def _balanced_indices(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """n indices: a class uniformly among the labelled ones, then an image uniformly within it, so a

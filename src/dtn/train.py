@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import losses
+from . import cuda_graph, losses
 from .config import Config
 from .domain import Domain
 from .nets import Discriminator, Encoder, Generator, init_weights
@@ -87,6 +87,10 @@ class Trainer:
         for m in (self.f, self.g, self.d):
             m.to(memory_format=self.memory_format)
         scale = code_rms(self.f, self.source) if cfg.loss.code_scale == "rms" else 1.0
+        # On a GPU each step is replayed as one captured CUDA graph where the options allow (cuda_graph.py);
+        # its optimizers keep their step counters and learning rates on the GPU.
+        self.graph_blockers = cuda_graph.blockers(cfg, self.device)
+        self.graphs = None if self.graph_blockers else cuda_graph.StepGraphs(self.device)
         self.code_scale = torch.tensor(scale)
         g_params = list(self.g.parameters()) + (list(self.f.parameters()) if self.f_learns else [])
         self.opt_g = self._optimizer(g_params, cfg.optim.lr_g)
@@ -108,6 +112,9 @@ class Trainer:
         o = self.cfg.optim
         if o.optimizer == "sgd":
             return torch.optim.SGD(params, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay)
+        if self.graphs is not None:
+            return torch.optim.Adam(params, lr=torch.tensor(lr, device=self.device), betas=(o.beta1, o.beta2),
+                                    weight_decay=o.weight_decay, capturable=True)
         return torch.optim.Adam(params, lr=lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
 
     def _set_lr(self) -> None:
@@ -115,7 +122,12 @@ class Trainer:
         factor = self._lr_factor(self.step)
         for opt, lr in ((self.opt_g, self.cfg.optim.lr_g), (self.opt_d, self.cfg.optim.lr_d)):
             for group in opt.param_groups:
-                group["lr"] = lr * factor
+                if self.graphs is None:
+                    group["lr"] = lr * factor
+                elif isinstance(group["lr"], torch.Tensor) and group["lr"].device == self.device:
+                    group["lr"].fill_(lr * factor)    # in place: a captured graph reads it at this address
+                else:                                 # replaced by load_state_dict, which also drops the graphs
+                    group["lr"] = torch.tensor(lr * factor, device=self.device)
 
     def _lr_factor(self, step: int) -> float:
         total, kind = max(1, self.cfg.train.steps), self.cfg.optim.schedule
@@ -128,7 +140,8 @@ class Trainer:
 
     def autocast(self):
         if self.cfg.train.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+            # a graph capture must not reuse casts cached outside it; the casts themselves are the same
+            return torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=self.graphs is None)
         return nullcontext()
 
     @property
@@ -143,6 +156,26 @@ class Trainer:
         xs, ys = self.source.sample(self.cfg.train.batch_size, self.generator, self.memory_format, self.shard)
         xt, _ = self.target.sample(self.cfg.train.batch_size, self.generator, self.memory_format, self.shard)
         return xs, ys, xt
+
+    def draw_step_indices(self) -> torch.Tensor:
+        """Every batch one step reads, drawn ahead as (batches, [source, target], batch_size) host indices
+        in the order sample() would draw them during the step (the graphed step gathers from these)."""
+        t = self.cfg.train
+        k = t.g_steps + (max(0, t.d_steps - 1) if self.gan_active else 0)
+        n = t.batch_size
+        return torch.stack([torch.stack([self.source.draw(n, self.generator), self.target.draw(n, self.generator)])
+                            for _ in range(k)])
+
+    def batches_at(self, indices: torch.Tensor):
+        """A sample()-like callable that returns the batches at `indices` (from draw_step_indices) in turn."""
+        rows = iter(indices)
+
+        def next_batch():
+            row = next(rows)
+            xs, ys = self.source.batch(row[0], self.memory_format)
+            xt, _ = self.target.batch(row[1], self.memory_format)
+            return xs, ys, xt
+        return next_batch
 
     # ------------------------------------------------------------------ the two updates
     def generate(self, xs: torch.Tensor, xt: torch.Tensor):
@@ -178,8 +211,8 @@ class Trainer:
         d_loss_fn = losses.ternary_d_loss if self.cfg.loss.discriminator == "ternary" else losses.binary_d_loss
         return d_loss_fn(self.d_train(gs.detach()), self.d_train(gt.detach()), self.d_train(xt))
 
-    def g_update(self) -> tuple[dict[str, torch.Tensor], tuple]:
-        xs, ys, xt = self.sample()
+    def g_update(self, batch: tuple | None = None) -> tuple[dict[str, torch.Tensor], tuple]:
+        xs, ys, xt = batch if batch is not None else self.sample()
         set_requires_grad(self.d, False)
         self.g.train()
         with self.autocast():
@@ -212,13 +245,13 @@ class Trainer:
             if not a.is_floating_point():
                 a.copy_(b)
 
-    def d_update(self, fakes: tuple | None) -> torch.Tensor | None:
+    def d_update(self, fakes: tuple | None, next_batch=None) -> torch.Tensor | None:
         floor = self.cfg.train.d_loss_floor
         if floor > 0 and self.last_d_loss < floor:
             self.last_d_loss = math.inf  # re-measure on the next step
             return None
         if fakes is None:
-            xs, _, xt = self.sample()
+            xs, _, xt = (next_batch or self.sample)()
             with torch.no_grad(), self.autocast():
                 _, _, gs, gt = self.generate(xs, xt)
         else:
@@ -233,17 +266,34 @@ class Trainer:
         return loss.detach()
 
     def train_step(self) -> StepOutput:
-        """g_steps G updates, then d_steps D updates (the first reuses the last G batch's images, detached)."""
+        """g_steps G updates, then d_steps D updates (the first reuses the last G batch's images, detached).
+        On a GPU, replayed as a captured graph (cuda_graph.py) unless an option prevents it."""
         self._set_lr()
-        for _ in range(self.cfg.train.g_steps):
-            parts, fakes = self.g_update()
-        if self.gan_active:
-            for i in range(self.cfg.train.d_steps):
-                d = self.d_update(fakes if i == 0 else None)
-                if d is not None:
-                    parts["d"] = d
+        if self.graphs is not None:
+            parts = self.graphs.step(self)
+        else:
+            parts = self.run_step(self.sample)
         self.step += 1
         return StepOutput(parts)
+
+    def use_eager(self, reason: str) -> None:
+        """Run every step eagerly from now on (distributed.prepare: DDP's hooks are not captured)."""
+        self.graph_blockers.append(reason)
+        self.graphs = None
+        for opt in (self.opt_g, self.opt_d):
+            if isinstance(opt, torch.optim.Adam):
+                cuda_graph.set_capturable(opt, False)
+
+    def run_step(self, next_batch) -> dict[str, torch.Tensor]:
+        """One step's updates on the batches next_batch() returns in turn; leaves the step counter alone."""
+        for _ in range(self.cfg.train.g_steps):
+            parts, fakes = self.g_update(next_batch())
+        if self.gan_active:
+            for i in range(self.cfg.train.d_steps):
+                d = self.d_update(fakes if i == 0 else None, next_batch)
+                if d is not None:
+                    parts["d"] = d
+        return parts
 
     # ------------------------------------------------------------------ inference
     @property
@@ -272,7 +322,7 @@ class Trainer:
         """Everything but the weights (those go to safetensors): optimizers, step, RNGs."""
         return {
             "step": self.step,
-            "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+            "opt_g": cuda_graph.portable_state(self.opt_g), "opt_d": cuda_graph.portable_state(self.opt_d),
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             "code_scale": self.code_scale,
@@ -282,8 +332,12 @@ class Trainer:
 
     def load_state_dict(self, state: dict) -> None:
         self.step = int(state["step"])
-        self.opt_g.load_state_dict(state["opt_g"])
-        self.opt_d.load_state_dict(state["opt_d"])
+        for opt, key in ((self.opt_g, "opt_g"), (self.opt_d, "opt_d")):
+            opt.load_state_dict(state[key])
+            if isinstance(opt, torch.optim.Adam):
+                cuda_graph.set_capturable(opt, self.graphs is not None)
+        if self.graphs is not None:   # the optimizer state now lives in new tensors: capture again
+            self.graphs = cuda_graph.StepGraphs(self.device)
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         self.code_scale = state["code_scale"]
