@@ -124,7 +124,7 @@ class Trainer:
             for group in opt.param_groups:
                 if self.graphs is None:
                     group["lr"] = lr * factor
-                elif isinstance(group["lr"], torch.Tensor) and group["lr"].device == self.device:
+                elif isinstance(group["lr"], torch.Tensor) and group["lr"].is_cuda:
                     group["lr"].fill_(lr * factor)    # in place: a captured graph reads it at this address
                 else:                                 # replaced by load_state_dict, which also drops the graphs
                     group["lr"] = torch.tensor(lr * factor, device=self.device)
