@@ -85,5 +85,7 @@ def test_an_unlabelled_target_skips_label_metrics(tmp_path, digit_folders, monke
     results = json.loads((tmp_path / "av" / "results.json").read_text())
     assert "transfer_accuracy" not in results and "fld" not in results
     assert "no class labels" in results["skipped_metrics"]["transfer_accuracy"]
+    assert "pixel_fd is computed in its place" in results["skipped_metrics"]["fld"]
+    assert results["pixel_fd"] > 0 and results["pixel_fd_source"] > 0   # folder digits and avatars: both RGB 32 px
     assert 0 <= results["f_consistency"] <= 1
     assert (tmp_path / "av" / "samples").is_dir()

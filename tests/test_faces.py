@@ -109,7 +109,8 @@ def test_stand_in_replaces_only_a_skipped_metric():
     skipped = {"f_consistency": "held out", "fld": "no labels", "identity_retrieval": "n/a"}
     assert metrics_to_compute(("transfer_accuracy", "f_consistency", "fld"), {"f_consistency": "x"}) == \
         ["transfer_accuracy", "identity_retrieval", "fld"]
-    assert metrics_to_compute(("f_consistency", "fld"), skipped) == []
+    assert metrics_to_compute(("f_consistency", "fld"), skipped) == ["pixel_fd"]
+    assert metrics_to_compute(("f_consistency", "fld"), {**skipped, "pixel_fd": "n/a"}) == []
     assert metrics_to_compute(("f_consistency", "identity_retrieval"), {}) == ["f_consistency", "identity_retrieval"]
 
 

@@ -183,3 +183,22 @@ def test_source_baseline_reads_greyscaled_source_images():
     ctx = EvalContext(transfer=lambda x: x, source_test=Domain(images, labels, "s", "test"), target_test=target,
                       classifier=GreyReader(), batch_size=16)
     assert compute(["source_baseline"], ctx)["source_baseline_accuracy"] == 1.0
+
+
+# ----------------------------------------------------------------------------- pixel Fréchet distance
+
+def test_pixel_fd_is_zero_for_one_set_and_sees_layout_not_noise():
+    """Pooled to 8x8, fine noise averages out (noise around the target's pictures stays close) while
+    the same pixels in another layout (flipped upside down) or another colour are far."""
+    from dtn.metrics.pixel_fd import pixel_fd
+    g = torch.Generator().manual_seed(0)
+    ramp = torch.linspace(-1, 1, 32).view(1, 1, 32, 1)
+    real = (ramp * torch.rand(400, 3, 1, 1, generator=g)).expand(-1, -1, -1, 32).contiguous()
+    assert pixel_fd(real, real.clone()) == pytest.approx(0.0, abs=1e-3)
+    noisy = (real + 0.5 * torch.randn(real.shape, generator=g)).clamp(-1, 1)
+    flipped = real.flip(2)
+    recoloured = (real + 0.3).clamp(-1, 1)
+    assert pixel_fd(real, noisy) < 0.2 * pixel_fd(real, flipped)
+    assert pixel_fd(real, recoloured) > 3 * pixel_fd(real, noisy)
+    with pytest.raises(ValueError, match="one shape"):
+        pixel_fd(real, real[:, :1])

@@ -235,6 +235,10 @@ def _identity_section(run: RunDir) -> str:
                    f"{results['identity_median_rank']:g} (percentile {results['identity_median_rank_percentile']:.2e}; "
                    f"the paper: 16 of 100,001 = 1.60e-04), recall@1 {100 * results['identity_recall_at_1']:.2f} %, "
                    f"recall@10 {100 * results['identity_recall_at_10']:.2f} %.")
+    if "pixel_fd" in results:
+        numbers += (f" Pixel Fréchet distance of G(x) to the target test images: {results['pixel_fd']:.2f}"
+                    + (f" (the source images unchanged: {results['pixel_fd_source']:.2f})" if "pixel_fd_source" in results
+                       else "") + "; retrieval alone cannot tell kept identity from g fooling f, this can.")
     return ("<h2>Held-out identities</h2><p>Held-out source test images (a fixed, seeded choice), each followed by "
             f"its transfer G(x) (from identity_grid.png).{numbers}</p>" + _img(png, "held-out faces and their transfers"))
 

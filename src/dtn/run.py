@@ -175,8 +175,10 @@ def get_classifier(cfg: Config, domains: Domains, device: torch.device) -> LeNet
 
 #: Label-free metrics that stand in for a label metric the domains cannot support. On held-out
 #: identities f cannot classify G(x) (f_consistency), but it can still find x among all held-out
-#: faces by f(G(x)): the paper's face metric asks the same question of f.
-STAND_INS = {"f_consistency": "identity_retrieval"}
+#: faces by f(G(x)): the paper's face metric asks the same question of f. Without an evaluation
+#: classifier there is no FLD, but a Fréchet distance on coarse pixels still says whether G(x) looks
+#: like the target (metrics/pixel_fd.py).
+STAND_INS = {"f_consistency": "identity_retrieval", "fld": "pixel_fd"}
 
 
 def metrics_to_compute(names: tuple[str, ...], skipped: dict[str, str]) -> list[str]:
@@ -205,6 +207,7 @@ def unavailable_metrics(classifier: LeNet | None, source_train: Domain, source_t
     if classifier is None:
         why = "the target has no class labels, so there is no evaluation classifier to read G(x)"
         out.update(dict.fromkeys(("transfer_accuracy", "fld", "source_baseline", "adaptation_accuracy"), why))
+        out["fld"] = why + "; pixel_fd is computed in its place"
     test = torch.unique(source_test.labels)
     if (test < 0).any() or not torch.isin(test, torch.unique(source_train.labels.to(test.device))).all():
         why = ("source test classes are not classes f was trained on (unlabelled, or held-out identities): "
@@ -226,6 +229,9 @@ def summary(final: dict, source: str, run_path: Path) -> str:
         parts.append(f"FLD {final['fld']:.2f}")
     if "f_consistency" in final:
         parts.append(f"f-consistency {final['f_consistency']:.2%}")
+    if "pixel_fd" in final:
+        parts.append(f"pixel FD {final['pixel_fd']:.2f}" + (f" (source images unchanged: {final['pixel_fd_source']:.2f})"
+                                                             if "pixel_fd_source" in final else ""))
     if "identity_median_rank" in final:
         parts.append(f"identity retrieval: median rank {final['identity_median_rank']:g} of {final['identity_n']:,} "
                      f"(percentile {final['identity_median_rank_percentile']:.2e}; paper 16 of 100,001 = 1.60e-04), "

@@ -46,7 +46,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from .apply import load_nets, resolve_device
 from .config import Config
@@ -54,6 +53,7 @@ from .domain import load_domain
 from .errors import ConfigError, RunError
 from .metrics import batched
 from .metrics.fld import frechet_distance
+from .metrics.pixel_fd import pixel_fd
 from .nets import Discriminator, Encoder, Generator, to_float
 from .rundir import RunDir, inference_weights
 from .weights import load_tensors
@@ -114,10 +114,6 @@ class _SpatialMean(nn.Module):
         return x.mean(dim=(2, 3)) if x.ndim == 4 else x
 
 
-def _pooled_pixels(x: torch.Tensor) -> torch.Tensor:
-    return F.adaptive_avg_pool2d(x, 8).flatten(1)
-
-
 @torch.no_grad()
 def checkpoint_signals(f, g, d, source: torch.Tensor, target: torch.Tensor, code_dim: int,
                        batch: int = 500) -> dict[str, float]:
@@ -128,7 +124,7 @@ def checkpoint_signals(f, g, d, source: torch.Tensor, target: torch.Tensor, code
     agree = batched(f.classify, source, batch).argmax(1) == batched(f.classify, gx, batch).argmax(1)
     real = batched(lambda x: d(x).float().softmax(1)[:, -1:], gx, batch)
     return {"feature_fd": frechet_distance(mid, mid(target[:1]).shape[1], target, gx, batch),
-            "pixel_fd": frechet_distance(_pooled_pixels, _pooled_pixels(target[:1]).shape[1], target, gx, batch),
+            "pixel_fd": pixel_fd(target, gx, batch),
             "code_fd": frechet_distance(f, code_dim, target, gx, batch),
             "f_agreement": agree.float().mean().item(),
             "d_real": real.mean().item()}

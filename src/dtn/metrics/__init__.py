@@ -68,7 +68,7 @@ def compute(names: list[str], ctx: EvalContext) -> dict:
 
 
 def _load_all() -> None:
-    from . import accuracy, adaptation, consistency, fld, retrieval  # noqa: F401  (imports register the metrics)
+    from . import accuracy, adaptation, consistency, fld, pixel_fd, retrieval  # noqa: F401  (imports register the metrics)
 
 
 @torch.no_grad()
