@@ -29,7 +29,7 @@ from dtn.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
 IDENTITY_KEYS = ("identity_median_rank", "identity_recall_at_1", "identity_recall_at_10", "identity_n",
-                 "identity_median_rank_percentile", "identity_distance", "identity_paper")
+                 "identity_median_rank_percentile", "identity_distance", "identity_codes", "identity_paper")
 REALISM_KEYS = ("pixel_fd", "pixel_fd_source")   # metrics/pixel_fd.py: does G(x) look like an avatar at all
 
 
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = {
         "command": "python bench/faces.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "preset": args.preset, "overrides": overrides, "run": str(run.path),
-        **{k: final[k] for k in IDENTITY_KEYS}, **{k: final[k] for k in REALISM_KEYS if k in final},
+        **{k: final[k] for k in (*IDENTITY_KEYS, *REALISM_KEYS) if k in final},
         "f_pretraining": run.read_json("f.json") if (run.path / "f.json").exists() else "f loaded from the cache",
         "curve_on_eval_subset": curve, "eval_subset_size": cfg.train.eval_samples,
         # every metrics.csv row (loss terms each log step): whether D wins shows here, not in retrieval

@@ -618,3 +618,25 @@ def test_g_ema_out_of_range_is_refused():
     from dtn.errors import ConfigError
     with pytest.raises(ConfigError, match="g_ema"):
         make_cfg(train__g_ema=1.0).validate()
+
+
+def test_code_scale_domain_standardises_each_side_with_its_own_domain(monkeypatch):
+    t = make_trainer(loss__code_scale="domain")
+    assert t.code_stats.shape == (4, t.cfg.nets.code_dim) and (t.code_stats[[1, 3]] > 0).all()
+    seen, real_const_loss = {}, losses.const_loss
+
+    def spy(code_x, code_gx, distance, scale):
+        seen.update(x=code_x.detach(), gx=code_gx.detach())
+        return real_const_loss(code_x, code_gx, distance, scale)
+    monkeypatch.setattr(losses, "const_loss", spy)
+    xs, ys, xt = t.sample()
+    with torch.no_grad():
+        _, _, (gs, _gt) = t.g_loss(xs, ys, xt)
+        raw_x, raw_gx = t.f(xs), t.f(gs)
+    assert torch.allclose(seen["x"], (raw_x - t.code_stats[0]) / t.code_stats[1], atol=1e-5)
+    assert torch.allclose(seen["gx"], (raw_gx - t.code_stats[2]) / t.code_stats[3], atol=1e-5)
+    state = t.state_dict()
+    other = make_trainer(loss__code_scale="domain")
+    other.code_stats.zero_()
+    other.load_state_dict(state)
+    assert torch.equal(other.code_stats, t.code_stats)

@@ -41,6 +41,8 @@ class LossConfig:
     tv_power: float = 1.0             # B in L_TV
     const_distance: str = "mse"       # mse | cosine | mse+cosine | ce (ce uses source labels!)
     code_scale: str = "none"          # none | rms: divide codes by f's RMS code on source train
+                                      # | domain (deviation): standardise each code dimension with its own
+                                      # domain's mean and std, f(x) with the source's, f(G(x)) with the target's
     const_augment: bool = False       # L_CONST reads f on a randomly shifted/blurred G(x), so g cannot
                                       # satisfy it with pixel patterns that only fool f (no labels used)
     gan: bool = True                  # False: the "no GAN" ablation
@@ -116,7 +118,7 @@ class Config:
     def validate(self) -> "Config":
         checks = [
             (self.loss.const_distance in CONST_DISTANCES, f"loss.const_distance must be one of {CONST_DISTANCES}"),
-            (self.loss.code_scale in ("none", "rms"), "loss.code_scale must be none or rms"),
+            (self.loss.code_scale in ("none", "rms", "domain"), "loss.code_scale must be none, rms or domain"),
             (self.pretrain.f_head in MARGIN_HEADS, f"pretrain.f_head must be one of {MARGIN_HEADS}"),
             (self.loss.discriminator in ("ternary", "binary"), "loss.discriminator must be ternary or binary"),
             (self.optim.optimizer in ("adam", "sgd"), "optim.optimizer must be adam or sgd"),

@@ -197,6 +197,7 @@ def evaluate(trainer: Trainer, classifier: LeNet, source_test: Domain, target_te
     names = metrics_to_compute(names, unavailable_metrics(classifier, trainer.source, source_test))
     ctx = metrics.EvalContext(transfer=trainer.transfer, source_test=source_test.to(trainer.device),
                               target_test=target_test.to(trainer.device), classifier=classifier, f=trainer.f,
+                              standardise_codes=trainer.cfg.loss.code_scale == "domain",
                               source_train=source_train.to(trainer.device) if source_train is not None else None)
     return metrics.compute(list(names), ctx)
 

@@ -46,6 +46,15 @@ def code_rms(f: Encoder, domain: Domain, n: int = 2048, batch: int = 512) -> flo
     return math.sqrt(total / max(1, count)) or 1.0
 
 
+@torch.no_grad()
+def code_moments(f: Encoder, domain: Domain, n: int = 2048, batch: int = 512) -> torch.Tensor:
+    """(2, D): per-dimension mean and std of f's code on a fixed subset of `domain` (code_scale = domain)."""
+    sub = domain.subset(n, seed=1)
+    codes = torch.cat([f(sub.batch(torch.arange(s, min(s + batch, len(sub))))[0]).float()
+                       for s in range(0, len(sub), batch)])
+    return torch.stack([codes.mean(0), codes.std(0).clamp_min(1e-6)])
+
+
 def jitter(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Differentiable random shift by up to 2 px (edge padding) and, for half the batch, a 3x3 blur."""
     x = shift_augment(x, generator, edge=True)
@@ -92,6 +101,12 @@ class Trainer:
         self.graph_blockers = cuda_graph.blockers(cfg, self.device)
         self.graphs = None if self.graph_blockers else cuda_graph.StepGraphs(self.device)
         self.code_scale = torch.tensor(scale)
+        # Deviation (loss.code_scale = domain): where f puts the two domains' codes apart (a face encoder
+        # maps every avatar into one narrow cone), an avatar-like G(x) can never have f(x)'s raw code, and
+        # g learns pixel patterns that fool f instead. Standardised per domain, L_CONST asks G(x) to sit
+        # where x sits within its own domain. Rows: source mean, std, target mean, std; fixed at the start.
+        self.code_stats = (torch.cat([code_moments(self.f, self.source), code_moments(self.f, self.target)])
+                           if cfg.loss.code_scale == "domain" else None)
         g_params = list(self.g.parameters()) + (list(self.f.parameters()) if self.f_learns else [])
         self.opt_g = self._optimizer(g_params, cfg.optim.lr_g)
         self.opt_d = self._optimizer(self.d.parameters(), cfg.optim.lr_d)
@@ -194,8 +209,11 @@ class Trainer:
         if cfg.const_distance == "ce":
             parts["const"] = losses.const_ce_loss(self.f.classify(gs_for_f), ys)
         else:
-            parts["const"] = losses.const_loss(cs.detach() if not self.f_learns else cs, self.f(gs_for_f),
-                                               cfg.const_distance, float(self.code_scale))
+            code_x, code_gx = (cs.detach() if not self.f_learns else cs), self.f(gs_for_f)
+            if self.code_stats is not None:
+                code_x = (code_x.float() - self.code_stats[0]) / self.code_stats[1]
+                code_gx = (code_gx.float() - self.code_stats[2]) / self.code_stats[3]
+            parts["const"] = losses.const_loss(code_x, code_gx, cfg.const_distance, float(self.code_scale))
         parts["tid"] = losses.tid_loss(xt, gt)
         total = cfg.alpha * parts["const"] + cfg.beta * parts["tid"]
         if cfg.gamma:
@@ -326,6 +344,7 @@ class Trainer:
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             "code_scale": self.code_scale,
+            **({"code_stats": self.code_stats.cpu()} if self.code_stats is not None else {}),
             "last_d_loss": self.last_d_loss,
             "ema_updates": self.ema_updates,
         }
@@ -341,5 +360,7 @@ class Trainer:
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         self.code_scale = state["code_scale"]
+        if self.code_stats is not None and "code_stats" in state:
+            self.code_stats.copy_(state["code_stats"])     # in place: a captured graph reads it
         self.last_d_loss = float(state["last_d_loss"])
         self.ema_updates = int(state.get("ema_updates", 0))

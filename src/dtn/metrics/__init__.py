@@ -28,6 +28,7 @@ class EvalContext:
     target_test: Domain | None = None
     classifier: nn.Module | None = None        # evaluation classifier on the target domain (uses target labels)
     f: nn.Module | None = None                 # the DTN's f, with its pretraining head
+    standardise_codes: bool = False            # loss.code_scale = domain: compare f's codes per-domain standardised
     source_train: Domain | None = None         # only for adaptation_accuracy (uses source labels)
     batch_size: int = 500
     cache: dict = field(default_factory=dict)  # shared between metrics: e.g. G(source_test) computed once

@@ -122,13 +122,25 @@ def encoder_quality(codes: torch.Tensor, labels: torch.Tensor, distance: str = "
 
 
 # ----------------------------------------------------------------------------- the registered metric
-def identity_retrieval(f, source: torch.Tensor, transferred: torch.Tensor, distance: str = "cosine") -> dict:
+def standardised(codes: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """codes with each dimension centred and scaled by the reference codes' mean and std."""
+    return (codes - reference.mean(0)) / reference.std(0).clamp_min(1e-6)
+
+
+def identity_retrieval(f, source: torch.Tensor, transferred: torch.Tensor, distance: str = "cosine",
+                       target: torch.Tensor | None = None) -> dict:
     """Rank each face x among all faces y (source, float [-1, 1]) by d(f(G(x)), f(y)); G(x) given as
-    `transferred` in the same order. Keys are prefixed identity_ (results.json, metrics.csv)."""
-    s = rank_summary(retrieval_ranks(batched(f, transferred), batched(f, source), distance), len(source))
+    `transferred` in the same order. With `target` (real target images; a run with loss.code_scale =
+    domain), f(y) is standardised by the source codes' statistics and f(G(x)) by the target's, as L_CONST
+    compares them in training. Keys are prefixed identity_ (results.json, metrics.csv)."""
+    query, gallery = batched(f, transferred), batched(f, source)
+    if target is not None:
+        query, gallery = standardised(query, batched(f, target)), standardised(gallery, gallery)
+    s = rank_summary(retrieval_ranks(query, gallery, distance), len(source))
     return {"identity_median_rank": s["median_rank"], "identity_recall_at_1": s["recall_at_1"],
             "identity_recall_at_10": s["recall_at_10"], "identity_n": s["n"],
             "identity_median_rank_percentile": s["median_rank_percentile"], "identity_distance": distance,
+            "identity_codes": "standardised per domain" if target is not None else "raw",
             "identity_paper": f"median rank {PAPER_MEDIAN_RANK} of {PAPER_N:,} "
                               f"(percentile {PAPER_MEDIAN_RANK / PAPER_N:.2e})"}
 
@@ -137,4 +149,5 @@ def identity_retrieval(f, source: torch.Tensor, transferred: torch.Tensor, dista
 def _identity_retrieval(ctx: EvalContext) -> dict:
     """Needs no labels: query i's true match is source test image i itself."""
     source = to_float(ctx.source_test.images)
-    return identity_retrieval(ctx.f, source, ctx.transferred())
+    target = to_float(ctx.target_test.images) if ctx.standardise_codes else None
+    return identity_retrieval(ctx.f, source, ctx.transferred(), target=target)
