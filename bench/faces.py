@@ -57,12 +57,14 @@ def main(argv: list[str] | None = None) -> dict:
     if "identity_median_rank" not in final:
         raise SystemExit(f"{run.path}: no identity retrieval in results.json (is the source split by identity?): "
                          f"{final.get('skipped_metrics')}")
-    curve = [{k: float(v) for k, v in row.items() if v != "" and (k in ("step", "seconds", *REALISM_KEYS) or k.startswith("identity_"))}
+    curve = [{k: float(v) for k, v in row.items() if v != "" and (k in ("step", "seconds", *REALISM_KEYS) or k.startswith(("identity_", "judge_identity_")))}
              for row in run.read_metrics() if row.get("identity_median_rank")]
     out = {
         "command": "python bench/faces.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "preset": args.preset, "overrides": overrides, "run": str(run.path),
         **{k: final[k] for k in (*IDENTITY_KEYS, *REALISM_KEYS) if k in final},
+        # the same retrieval by an f of another seed that g was never trained through (pretrain.judge)
+        **{k: v for k, v in final.items() if k.startswith("judge_identity_")},
         "f_pretraining": run.read_json("f.json") if (run.path / "f.json").exists() else "f loaded from the cache",
         "curve_on_eval_subset": curve, "eval_subset_size": cfg.train.eval_samples,
         # every metrics.csv row (loss terms each log step): whether D wins shows here, not in retrieval

@@ -49,7 +49,7 @@ def faces_run(tmp_path_factory, digit_folders, session_cache_dir) -> Path:
         assert main(["--quiet", "run", "tiny", "--runs-dir", str(tmp), "--name", "faces",
                      "--source", "celeba-sample", "--target", f"folder:{tgt}", "--set", f"data.data_dir={root}",
                      "--set", "nets.num_classes=0", "--set", "pretrain.f_head=cosface",
-                     "--set", "pretrain.f_flip=true"]) == 0
+                     "--set", "pretrain.f_flip=true", "--set", "pretrain.judge=true"]) == 0
     return tmp / "faces"
 
 
@@ -78,6 +78,17 @@ def test_results_hold_identity_retrieval_instead_of_f_consistency(faces_run):
     assert "f_consistency" not in results and "transfer_accuracy" not in results
     assert "identity_retrieval is computed in its place" in results["skipped_metrics"]["f_consistency"]
     assert results["identity_grid"] == "identity_grid.png"
+
+
+def test_an_independent_judge_scores_retrieval_too(faces_run, session_cache_dir):
+    """pretrain.judge: a second f (seed + 1000, cached beside f) ranks the same transfers; g never saw it."""
+    results = json.loads((faces_run / "results.json").read_text())
+    assert results["judge_identity_n"] == results["identity_n"] == 12
+    assert 1 <= results["judge_identity_median_rank"] <= 12
+    judges = list((session_cache_dir / "encoders").glob("f-celeba-sample-*-seed1000-*.safetensors"))
+    assert len(judges) == 1
+    rows = [r for r in RunDir(faces_run).read_metrics() if r.get("judge_identity_median_rank")]
+    assert rows, "the judge's retrieval is logged at each evaluation too"
 
 
 def test_identity_grid_holds_twelve_pairs(faces_run):

@@ -399,7 +399,7 @@ DEFAULT_METRICS = ("transfer_accuracy", "f_consistency", "fld", "source_baseline
 def evaluate_run(run_path: Path, checkpoint: str | None = None, names: tuple[str, ...] = DEFAULT_METRICS,
                  adaptation_samples: int = 20000) -> dict:
     """Full evaluation of a run's checkpoint on the source test split."""
-    from .run import evaluate, get_classifier, load_domains
+    from .run import evaluate, get_classifier, get_judge, load_domains
     from .train import Trainer
 
     run = RunDir.open(run_path)
@@ -411,7 +411,8 @@ def evaluate_run(run_path: Path, checkpoint: str | None = None, names: tuple[str
     ckpt = Path(checkpoint) if checkpoint else None
     step = run.load_checkpoint(trainer, ckpt, weights_only=True)
     result = evaluate(trainer, classifier, domains.source_test, domains.target_test, names,
-                      source_train=domains.source_train.subset(adaptation_samples, seed=4))
+                      source_train=domains.source_train.subset(adaptation_samples, seed=4),
+                      judge=get_judge(cfg, domains, torch.device("cpu")))
     result["checkpoint"] = str(ckpt or run.checkpoints()[-1][1])
     result["step"] = step
     return result

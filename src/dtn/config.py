@@ -100,6 +100,8 @@ class PretrainConfig:
                                       # hold for unseen people); the code f(x) is the same either way
     f_margin: float = 0.35            # cosface: cosine margin; arcface: angular margin (radians)
     f_scale: float = 30.0             # cosface/arcface: logit scale s (logits = s * cosine)
+    judge: bool = False               # also pretrain a second f (same recipe, seed + 1000) that training never
+                                      # sees; identity retrieval is reported by it too (judge_identity_*)
     eval_epochs: int = 4              # epochs of the evaluation classifier on target train
     eval_lr: float = 2e-3
     eval_batch: int = 128
@@ -191,7 +193,7 @@ def faces() -> Config:
         optim=OptimConfig(lr_g=3e-4, lr_d=2e-4, schedule="linear"),
         train=TrainConfig(steps=2000, batch_size=64, warmup_steps=200, g_steps=2, eval_every=250,
                           eval_samples=1000, ckpt_every=500),
-        pretrain=PretrainConfig(f_steps=3000, f_augment=False, f_flip=True, f_head="cosface"),
+        pretrain=PretrainConfig(f_steps=3000, f_augment=False, f_flip=True, f_head="cosface", judge=True),
     )
 
 

@@ -116,6 +116,28 @@ def f_quality(cfg: Config, f: Encoder, domains: Domains, device: torch.device) -
     return out
 
 
+JUDGE_SEED_OFFSET = 1000
+
+
+def get_judge(cfg: Config, domains: Domains, device: torch.device) -> Encoder | None:
+    """pretrain.judge: an f of the same recipe and seed + 1000, trained (once, cached beside f's) but never
+    used in training, to score identity retrieval with an encoder g could not learn to fool."""
+    if not cfg.pretrain.judge or cfg.train.f_mode != "pretrained":
+        return None
+    judge_cfg = replace(cfg, train=replace(cfg.train, seed=cfg.train.seed + JUDGE_SEED_OFFSET))
+    cached = cache_root() / "encoders" / f"{f_cache_key(judge_cfg, domains)}.safetensors"
+    judge = Encoder(cfg.nets).to(device)
+    if cached.is_file():
+        load_weights(judge, cached)
+        return judge.eval()
+    t0 = time.time()
+    judge = pretrain_f(cfg.nets, cfg.pretrain, domains.source_train.to(device), judge_cfg.train.seed,
+                       autocast_dtype(cfg))
+    save_weights(judge, cached)
+    LOG(f"judge encoder (seed {judge_cfg.train.seed}) pretrained in {time.time() - t0:.0f}s")
+    return judge.eval()
+
+
 def get_f(cfg: Config, run: RunDir, domains: Domains, device: torch.device) -> Encoder:
     """The pretrained f of this run (trained once, saved as f.safetensors), or a random one."""
     path = run.path / "f.safetensors"
@@ -193,11 +215,11 @@ def metrics_to_compute(names: tuple[str, ...], skipped: dict[str, str]) -> list[
 
 def evaluate(trainer: Trainer, classifier: LeNet, source_test: Domain, target_test: Domain,
              names: tuple[str, ...] = ("transfer_accuracy", "f_consistency", "fld"),
-             source_train: Domain | None = None) -> dict:
+             source_train: Domain | None = None, judge: Encoder | None = None) -> dict:
     names = metrics_to_compute(names, unavailable_metrics(classifier, trainer.source, source_test))
     ctx = metrics.EvalContext(transfer=trainer.transfer, source_test=source_test.to(trainer.device),
                               target_test=target_test.to(trainer.device), classifier=classifier, f=trainer.f,
-                              standardise_codes=trainer.cfg.loss.code_scale == "domain",
+                              standardise_codes=trainer.cfg.loss.code_scale == "domain", judge=judge,
                               source_train=source_train.to(trainer.device) if source_train is not None else None)
     return metrics.compute(list(names), ctx)
 
@@ -288,7 +310,7 @@ def check_finite(trainer: Trainer, losses: dict[str, float], step: int) -> None:
 
 
 def fit(trainer: Trainer, run: RunDir, classifier: LeNet | None, domains: Domains, fixed: torch.Tensor,
-        dist: Dist = Dist()) -> None:
+        dist: Dist = Dist(), judge: Encoder | None = None) -> None:
     """The loop: step, log every log_every, evaluate every eval_every, checkpoint every ckpt_every.
     NaN/Inf stops the run before a bad checkpoint is written; SIGINT/SIGTERM save one and stop.
     Several processes: every rank logs the global-batch losses and stops together; rank 0 alone
@@ -316,7 +338,7 @@ def fit(trainer: Trainer, run: RunDir, classifier: LeNet | None, domains: Domain
                 check_finite(trainer, row, step)
                 sums, count = {}, 0
             if dist.is_main and ((t.eval_every and step % t.eval_every == 0) or step == t.steps):
-                m = evaluate(trainer, classifier, eval_src, eval_tgt)
+                m = evaluate(trainer, classifier, eval_src, eval_tgt, judge=judge)
                 row.update({k: round(v, 5) for k, v in m.items() if isinstance(v, float)})
                 save_grid(run.path / "samples" / f"step-{step:06d}.png", fixed, trainer.transfer(fixed))
             if row and dist.is_main:
@@ -399,6 +421,7 @@ def _run_dtn(cfg: Config, path: Path, resume: bool, until: str, tensorboard: boo
         f"{cfg.data.target} {len(domains.target_train)}/{len(domains.target_test)} ({time.time() - t0:.0f}s)")
     classifier = get_classifier(cfg, domains, device) if dist.is_main else None
     f = get_f(cfg, run, domains, device) if dist.is_main else None
+    judge = get_judge(cfg, domains, device) if dist.is_main and until != "pretrain" else None
     dist.barrier()                      # rank 0 has pretrained f and written f.safetensors
     if f is None:
         f = get_f(cfg, run, domains, device)
@@ -424,7 +447,7 @@ def _run_dtn(cfg: Config, path: Path, resume: bool, until: str, tensorboard: boo
         run.set_status("training")
     t1 = time.time()
     try:
-        fit(trainer, run, classifier, domains, fixed, dist)
+        fit(trainer, run, classifier, domains, fixed, dist, judge)
     finally:
         if run.scalar_log is not None:
             run.scalar_log.close()
@@ -435,7 +458,7 @@ def _run_dtn(cfg: Config, path: Path, resume: bool, until: str, tensorboard: boo
         write_run_report(run)
         return {"steps": trainer.step, "train_seconds": round(time.time() - t1, 1)}
     wanted = ("transfer_accuracy", "f_consistency", "fld", "source_baseline")
-    final = evaluate(trainer, classifier, domains.source_test, domains.target_test, wanted)
+    final = evaluate(trainer, classifier, domains.source_test, domains.target_test, wanted, judge=judge)
     skipped = unavailable_metrics(classifier, trainer.source, domains.source_test)
     final["skipped_metrics"] = {k: v for k, v in skipped.items() if k in wanted}
     if heldout_classes(trainer.source, domains.source_test):

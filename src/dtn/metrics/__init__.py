@@ -29,6 +29,7 @@ class EvalContext:
     classifier: nn.Module | None = None        # evaluation classifier on the target domain (uses target labels)
     f: nn.Module | None = None                 # the DTN's f, with its pretraining head
     standardise_codes: bool = False            # loss.code_scale = domain: compare f's codes per-domain standardised
+    judge: nn.Module | None = None             # an f of another seed that training never saw (pretrain.judge)
     source_train: Domain | None = None         # only for adaptation_accuracy (uses source labels)
     batch_size: int = 500
     cache: dict = field(default_factory=dict)  # shared between metrics: e.g. G(source_test) computed once

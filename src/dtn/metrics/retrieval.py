@@ -150,4 +150,10 @@ def _identity_retrieval(ctx: EvalContext) -> dict:
     """Needs no labels: query i's true match is source test image i itself."""
     source = to_float(ctx.source_test.images)
     target = to_float(ctx.target_test.images) if ctx.standardise_codes else None
-    return identity_retrieval(ctx.f, source, ctx.transferred(), target=target)
+    out = identity_retrieval(ctx.f, source, ctx.transferred(), target=target)
+    if ctx.judge is not None:
+        # g was trained through f, so it can hide x's code in patterns only f reads; an encoder of the same
+        # recipe and another seed was never back-propagated through, and is not fooled by them for free
+        judged = identity_retrieval(ctx.judge, source, ctx.transferred(), target=target)
+        out.update({f"judge_{k}": v for k, v in judged.items() if k not in ("identity_paper", "identity_distance")})
+    return out
