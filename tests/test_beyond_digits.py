@@ -89,3 +89,15 @@ def test_an_unlabelled_target_skips_label_metrics(tmp_path, digit_folders, monke
     assert results["pixel_fd"] > 0 and results["pixel_fd_source"] > 0   # folder digits and avatars: both RGB 32 px
     assert 0 <= results["f_consistency"] <= 1
     assert (tmp_path / "av" / "samples").is_dir()
+
+
+def test_a_self_trained_f_records_its_rounds(tmp_path, digit_folders):
+    """pretrain.f_self_train: f.json says how many target images each round pseudo-labelled and, the
+    folders being labelled, how many rightly (read for that line only)."""
+    src, tgt = digit_folders
+    assert main(["--quiet", "run", "tiny", "--runs-dir", str(tmp_path), "--name", "st", "--source", f"folder:{src}",
+                 "--target", f"folder:{tgt}", "--set", "pretrain.f_self_train=2",
+                 "--set", "pretrain.f_self_train_steps=2"]) == 0
+    facts = json.loads((tmp_path / "st" / "f.json").read_text())["self_training"]
+    assert [r["round"] for r in facts] == [1, 2]
+    assert all(r["pseudo_labelled"] > 0 and 0 <= r["pseudo_labels_right_diagnostic_only"] <= 1 for r in facts)

@@ -62,3 +62,74 @@ def test_train_classifier_learns_a_separable_source():
                      augment=lambda x, g: x, seed=0, desc="test")
     after = accuracy(f.classify, domain)
     assert after > 0.9 and after > before
+
+
+# ----------------------------------------------------------------------------- self-training (f_self_train)
+
+class _FixedLogits(torch.nn.Module):
+    """A stand-in f whose classify() returns preset logits for image i (its first pixel holds i)."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.logits = logits
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits[((x[:, 0, 0, 0] + 1) / 2 * 255).round().long()]
+
+
+def test_pseudo_labels_keep_the_most_confident_share_of_each_class():
+    from dtn.pretrain import pseudo_labels
+    n = 40
+    images = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, 4, 4).contiguous()
+    logits = torch.zeros(n, 2)
+    logits[:30, 0] = torch.linspace(1, 30, 30)          # 30 images predicted class 0, rising confidence
+    logits[30:, 1] = torch.linspace(1, 10, 10)          # 10 predicted class 1
+    idx, labels = pseudo_labels(_FixedLogits(logits), Domain(images, torch.full((n,), -1), "t", "train"), share=0.25)
+    assert sorted(idx[labels == 0].tolist()) == list(range(25, 30))   # 0.25 * 40 / 2 = 5 per class, the top 5
+    assert sorted(idx[labels == 1].tolist()) == list(range(35, 40))
+    assert len(idx) == 10
+
+
+def _digit_like(n: int, channels: int, seed: int) -> Domain:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 2, (n,), generator=g)
+    images = (torch.rand(n, channels, 32, 32, generator=g) * 60).to(torch.uint8)
+    images[labels == 1, :, 8:24, 8:24] += 150                          # class 1: a bright square
+    return Domain(images, labels, "toy", "train")
+
+
+def test_self_training_adapts_f_without_reading_target_labels():
+    from dtn.config import PretrainConfig
+    from dtn.pretrain import self_train_f
+    cfg = PretrainConfig(f_batch=16, f_self_train=2, f_self_train_steps=3)
+    net = NetConfig(num_classes=2)
+    source, target = _digit_like(64, 3, 0), _digit_like(48, 1, 1)
+    hidden = Domain(target.images, torch.full((48,), -1), "toy", "train")
+    results = []
+    for t in (target, hidden):
+        torch.manual_seed(0)
+        f = Encoder(net)
+        init_weights(f)
+        before = {k: v.clone() for k, v in f.state_dict().items()}
+        rounds = self_train_f(f, cfg, source, t, seed=0)
+        results.append((f.state_dict(), rounds))
+    (a, rounds), (b, _) = results
+    assert all(torch.equal(a[k], b[k]) for k in a)                      # labels or none: the same f
+    assert any(not torch.equal(a[k], before[k]) for k in a)             # and f did change
+    assert [r["round"] for r in rounds] == [1, 2] and rounds[1]["pseudo_labelled"] > rounds[0]["pseudo_labelled"]
+    assert not f.training
+
+
+def test_self_training_needs_a_softmax_f_and_names_itself_in_f_cache_key():
+    import pytest
+
+    from dtn.config import apply_overrides, preset
+    from dtn.errors import ConfigError
+    with pytest.raises(ConfigError, match="f_self_train needs f_head softmax"):
+        apply_overrides(preset("faces"), {"pretrain.f_self_train": "2"})
+    from dtn.run import Domains, f_cache_key
+    d = _digit_like(8, 3, 0)
+    domains = Domains(d, d, _digit_like(8, 1, 1), d)
+    plain = f_cache_key(preset("tiny"), domains)
+    adapted = f_cache_key(apply_overrides(preset("tiny"), {"pretrain.f_self_train": "3"}), domains)
+    assert "-st" not in plain and adapted.startswith(plain) and "-st3x400-mnist-" in adapted

@@ -100,6 +100,9 @@ class PretrainConfig:
                                       # hold for unseen people); the code f(x) is the same either way
     f_margin: float = 0.35            # cosface: cosine margin; arcface: angular margin (radians)
     f_scale: float = 30.0             # cosface/arcface: logit scale s (logits = s * cosine)
+    f_self_train: int = 0             # deviation: rounds of self-training f after pretraining, on target images
+                                      # it labels itself (the most confident, class-balanced share); no target labels
+    f_self_train_steps: int = 400     # fine-tuning steps per self-training round
     judge: bool = False               # also pretrain a second f (same recipe, seed + 1000) that training never
                                       # sees; identity retrieval is reported by it too (judge_identity_*)
     eval_epochs: int = 4              # epochs of the evaluation classifier on target train
@@ -130,6 +133,8 @@ class Config:
             (self.train.steps >= 0 and self.train.batch_size > 0, "train.steps >= 0 and train.batch_size > 0"),
             (self.train.d_steps >= 0 and self.train.g_steps >= 1, "train.d_steps >= 0 and train.g_steps >= 1"),
             (0.0 <= self.train.g_ema < 1.0, "train.g_ema must be in [0, 1) (0 = off)"),
+            (self.pretrain.f_self_train >= 0 and (self.pretrain.f_self_train == 0 or self.pretrain.f_head == "softmax"),
+             "pretrain.f_self_train needs f_head softmax: f labels target images with its own classes"),
             (self.nets.d_classes == (3 if self.loss.discriminator == "ternary" else 2),
              "nets.d_classes must be 3 for a ternary D and 2 for a binary D"),
         ]

@@ -23,7 +23,7 @@ from .data.base import cache_root
 from .data.classes import parse_classes, select_classes
 from .data.shapes import class_count, native_channels
 from .metrics.retrieval import encoder_quality
-from .pretrain import PRETRAIN_VERSION, accuracy, data_fingerprint, eval_classifier, pretrain_f
+from .pretrain import PRETRAIN_VERSION, accuracy, data_fingerprint, eval_classifier, pretrain_f, self_train_f
 from .report import save_grid, save_pairs_grid
 from .rundir import RunDir
 from .train import Trainer, pick_device
@@ -86,7 +86,9 @@ def f_cache_key(cfg: Config, domains: Domains) -> str:
             f"-a{int(p.f_augment)}-v{PRETRAIN_VERSION}-seed{cfg.train.seed}"
             + ("-balanced" if cfg.data.balanced else "") + (f"-k{n.num_classes}" if n.num_classes != 10 else "")
             + ("-flip" if p.f_flip else "")
-            + (f"-{p.f_head}-m{p.f_margin}-sc{p.f_scale}" if p.f_head != "softmax" else ""))
+            + (f"-{p.f_head}-m{p.f_margin}-sc{p.f_scale}" if p.f_head != "softmax" else "")
+            + (f"-st{p.f_self_train}x{p.f_self_train_steps}-{cfg.data.target}-{data_fingerprint(domains.target_train)}"
+               if p.f_self_train else ""))
 
 
 def heldout_classes(source_train: Domain, source_test: Domain) -> bool:
@@ -131,11 +133,30 @@ def get_judge(cfg: Config, domains: Domains, device: torch.device) -> Encoder | 
         load_weights(judge, cached)
         return judge.eval()
     t0 = time.time()
-    judge = pretrain_f(cfg.nets, cfg.pretrain, domains.source_train.to(device), judge_cfg.train.seed,
-                       autocast_dtype(cfg))
+    judge, _ = train_f(judge_cfg, domains, device)
     save_weights(judge, cached)
     LOG(f"judge encoder (seed {judge_cfg.train.seed}) pretrained in {time.time() - t0:.0f}s")
     return judge.eval()
+
+
+def train_f(cfg: Config, domains: Domains, device: torch.device) -> tuple[Encoder, list[dict]]:
+    """pretrain_f on the labelled source, then pretrain.f_self_train rounds on pseudo-labelled target
+    images. The second value says per round how many target images were pseudo-labelled and, where the
+    target has labels (read here for this diagnostic only, never by training), how many rightly."""
+    f = pretrain_f(cfg.nets, cfg.pretrain, domains.source_train.to(device), cfg.train.seed, autocast_dtype(cfg))
+    if not cfg.pretrain.f_self_train:
+        return f, []
+    rounds = self_train_f(f, cfg.pretrain, domains.source_train.to(device), domains.target_train.to(device),
+                          cfg.train.seed, autocast_dtype(cfg))
+    facts = []
+    for r in rounds:
+        truth = domains.target_train.labels[r["target_indices"]]
+        right = float((truth == r["pseudo_labels"]).double().mean()) if bool((truth >= 0).all()) else None
+        facts.append({"round": r["round"], "pseudo_labelled": r["pseudo_labelled"],
+                      "pseudo_labels_right_diagnostic_only": right})
+        LOG(f"self-training round {r['round']}: {r['pseudo_labelled']:,} target images pseudo-labelled"
+            + (f" ({right:.1%} rightly; target labels read for this line only)" if right is not None else ""))
+    return f, facts
 
 
 def get_f(cfg: Config, run: RunDir, domains: Domains, device: torch.device) -> Encoder:
@@ -164,11 +185,12 @@ def get_f(cfg: Config, run: RunDir, domains: Domains, device: torch.device) -> E
         LOG(f"f loaded from cache {cached.name}")
         return f.eval()
     t0 = time.time()
-    f = pretrain_f(cfg.nets, cfg.pretrain, domains.source_train.to(device), cfg.train.seed, autocast_dtype(cfg))
+    f, self_training = train_f(cfg, domains, device)
     save_weights(f, path)
     save_weights(f, cached)
     seconds = time.time() - t0
-    quality = {**f_quality(cfg, f, domains, device), "f_head": cfg.pretrain.f_head, "seconds": seconds}
+    quality = {**f_quality(cfg, f, domains, device), "f_head": cfg.pretrain.f_head, "seconds": seconds,
+               **({"self_training": self_training} if self_training else {})}
     run.write_json("f.json", quality)
     atomic_write(facts, lambda tmp: Path(tmp).write_text(json.dumps(quality, indent=2) + "\n"))
     if "source_test_accuracy" in quality:
