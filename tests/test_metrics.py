@@ -185,6 +185,23 @@ def test_source_baseline_reads_greyscaled_source_images():
     assert compute(["source_baseline"], ctx)["source_baseline_accuracy"] == 1.0
 
 
+def test_source_baseline_repeats_a_grey_source_for_a_colour_classifier():
+    """The reverse direction (MNIST -> synth-digits): 1-channel source images, a 3-channel classifier."""
+    labels = torch.arange(10).repeat(3)
+    images = (labels * 20 + 10).to(torch.uint8).view(-1, 1, 1, 1).expand(-1, 1, 8, 8).contiguous()
+    levels = (torch.arange(10) * 20 + 10).float() / 127.5 - 1
+
+    class ColourReader(nn.Module):
+        def forward(self, x):
+            assert x.shape[1] == 3, "a grey source is repeated to 3 channels for an RGB classifier"
+            return -(x.mean(dim=(1, 2, 3))[:, None] - levels[None]).abs()
+
+    target = Domain(torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.zeros(4, dtype=torch.long), "t", "test")
+    ctx = EvalContext(transfer=lambda x: x, source_test=Domain(images, labels, "s", "test"), target_test=target,
+                      classifier=ColourReader(), batch_size=16)
+    assert compute(["source_baseline"], ctx)["source_baseline_accuracy"] == 1.0
+
+
 # ----------------------------------------------------------------------------- pixel Fréchet distance
 
 def test_pixel_fd_is_zero_for_one_set_and_sees_layout_not_noise():

@@ -29,12 +29,15 @@ def _transfer_accuracy(ctx: EvalContext) -> dict:
 
 @register_metric("source_baseline")
 def _source_baseline(ctx: EvalContext) -> dict:
-    """The classifier on the raw source images, greyscaled (paper: 40.06 % on SVHN)."""
+    """The classifier on the raw source images in the target's channels: greyscaled for a grey target
+    (paper: 40.06 % on SVHN), a grey source repeated to RGB for a colour one (MNIST -> synth-digits)."""
     channels = ctx.target_test.channels if ctx.target_test is not None else 1
 
     def read(u8: torch.Tensor) -> torch.Tensor:  # uint8 batch -> classifier logits
         x = to_float(u8)
-        return ctx.classifier(grey(x) if channels == 1 else x)
+        if x.shape[1] != channels:
+            x = grey(x) if channels == 1 else x.expand(-1, channels, -1, -1)
+        return ctx.classifier(x)
 
     pred = batched(read, ctx.source_test.images, ctx.batch_size).argmax(1).cpu()
     return {"source_baseline_accuracy": (pred == ctx.source_test.labels.cpu()).float().mean().item()}
