@@ -168,37 +168,22 @@ def test_adaptation_accuracy_is_chance_for_a_label_destroying_transfer():
     assert acc < 0.35
 
 
-def test_source_baseline_reads_greyscaled_source_images():
-    """A 'classifier' that reads the grey level recovers labels encoded as grey levels: accuracy 1."""
+@pytest.mark.parametrize("source_channels,target_channels", [(3, 1), (1, 3)])
+def test_source_baseline_reads_source_images_in_the_targets_channels(source_channels, target_channels):
+    """A 'classifier' that reads the grey level recovers labels encoded as grey levels: accuracy 1.
+    RGB source, grey target (synth -> MNIST): greyscaled; grey source, RGB target (the reverse): repeated."""
     labels = torch.arange(10).repeat(7)
-    images = (labels * 20 + 10).to(torch.uint8).view(-1, 1, 1, 1).expand(-1, 3, 8, 8).contiguous()
+    images = (labels * 20 + 10).to(torch.uint8).view(-1, 1, 1, 1).expand(-1, source_channels, 8, 8).contiguous()
     levels = (torch.arange(10) * 20 + 10).float() / 127.5 - 1
 
     class GreyReader(nn.Module):
         def forward(self, x):
-            assert x.shape[1] == 1, "source images are greyscaled for a 1-channel classifier"
+            assert x.shape[1] == target_channels, "source images arrive in the classifier's channels"
             return -(x.mean(dim=(1, 2, 3))[:, None] - levels[None]).abs()
 
-    target = Domain(torch.zeros(4, 1, 8, 8, dtype=torch.uint8), torch.zeros(4, dtype=torch.long), "t", "test")
+    target = Domain(torch.zeros(4, target_channels, 8, 8, dtype=torch.uint8), torch.zeros(4, dtype=torch.long), "t", "test")
     ctx = EvalContext(transfer=lambda x: x, source_test=Domain(images, labels, "s", "test"), target_test=target,
                       classifier=GreyReader(), batch_size=16)
-    assert compute(["source_baseline"], ctx)["source_baseline_accuracy"] == 1.0
-
-
-def test_source_baseline_repeats_a_grey_source_for_a_colour_classifier():
-    """The reverse direction (MNIST -> synth-digits): 1-channel source images, a 3-channel classifier."""
-    labels = torch.arange(10).repeat(3)
-    images = (labels * 20 + 10).to(torch.uint8).view(-1, 1, 1, 1).expand(-1, 1, 8, 8).contiguous()
-    levels = (torch.arange(10) * 20 + 10).float() / 127.5 - 1
-
-    class ColourReader(nn.Module):
-        def forward(self, x):
-            assert x.shape[1] == 3, "a grey source is repeated to 3 channels for an RGB classifier"
-            return -(x.mean(dim=(1, 2, 3))[:, None] - levels[None]).abs()
-
-    target = Domain(torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.zeros(4, dtype=torch.long), "t", "test")
-    ctx = EvalContext(transfer=lambda x: x, source_test=Domain(images, labels, "s", "test"), target_test=target,
-                      classifier=ColourReader(), batch_size=16)
     assert compute(["source_baseline"], ctx)["source_baseline_accuracy"] == 1.0
 
 
