@@ -43,6 +43,11 @@ class Domain:
         x = to_float(self.images.index_select(0, idx))
         return x.contiguous(memory_format=memory_format), self.labels.index_select(0, idx)
 
+    def in_order(self, batch: int, memory_format=torch.contiguous_format):
+        """Every image once, in order: (images, labels) batches of at most `batch` (evaluation, statistics)."""
+        for start in range(0, len(self), batch):
+            yield self.batch(torch.arange(start, min(start + batch, len(self))), memory_format)
+
     def sample(self, n: int, generator: torch.Generator, memory_format=torch.contiguous_format,
                shard: slice | None = None):
         """n random images; with `shard`, only that slice of them (distributed.py: each process trains on

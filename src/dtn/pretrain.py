@@ -148,9 +148,7 @@ def train_classifier(model: nn.Module, logits_fn, domain: Domain, steps: int, ba
 @torch.no_grad()
 def accuracy(logits_fn, domain: Domain, batch: int = 1000) -> float:
     correct = 0
-    for start in range(0, len(domain), batch):
-        idx = torch.arange(start, min(start + batch, len(domain)))
-        x, y = domain.batch(idx)
+    for x, y in domain.in_order(batch):
         correct += (logits_fn(x).argmax(1) == y).sum().item()
     return correct / max(1, len(domain))
 
@@ -201,8 +199,7 @@ def pseudo_labels(f: Encoder, target: Domain, share: float, batch: int = 1000) -
     """(indices, labels): for each class f predicts, the `share` of the pool's size / classes most
     confidently predicted images of it. Class-balanced, so a class f rarely predicts is not drowned by
     one it over-predicts (9s read as 4s would otherwise teach f that 9s are 4s)."""
-    probs = torch.cat([f.classify(target.batch(torch.arange(s, min(s + batch, len(target))))[0]).float().softmax(1)
-                       for s in range(0, len(target), batch)])
+    probs = torch.cat([f.classify(x).float().softmax(1) for x, _ in target.in_order(batch)])
     confidence, predicted = probs.max(1)
     per_class = int(share * len(target) / probs.shape[1])
     chosen = []

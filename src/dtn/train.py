@@ -36,10 +36,8 @@ def set_requires_grad(module: nn.Module, flag: bool) -> None:
 @torch.no_grad()
 def code_rms(f: Encoder, domain: Domain, n: int = 2048, batch: int = 512) -> float:
     """Root-mean-square of f's code on source images: the scale L_CONST divides by (code_scale = rms)."""
-    sub = domain.subset(n, seed=1)
     total, count = 0.0, 0
-    for start in range(0, len(sub), batch):
-        x, _ = sub.batch(torch.arange(start, min(start + batch, len(sub))))
+    for x, _ in domain.subset(n, seed=1).in_order(batch):
         c = f(x).float()
         total += c.pow(2).sum().item()
         count += c.numel()
@@ -49,9 +47,7 @@ def code_rms(f: Encoder, domain: Domain, n: int = 2048, batch: int = 512) -> flo
 @torch.no_grad()
 def code_moments(f: Encoder, domain: Domain, n: int = 2048, batch: int = 512) -> torch.Tensor:
     """(2, D): per-dimension mean and std of f's code on a fixed subset of `domain` (code_scale = domain)."""
-    sub = domain.subset(n, seed=1)
-    codes = torch.cat([f(sub.batch(torch.arange(s, min(s + batch, len(sub))))[0]).float()
-                       for s in range(0, len(sub), batch)])
+    codes = torch.cat([f(x).float() for x, _ in domain.subset(n, seed=1).in_order(batch)])
     return torch.stack([codes.mean(0), codes.std(0).clamp_min(1e-6)])
 
 

@@ -38,12 +38,8 @@ class EvalContext:
     def transferred(self) -> torch.Tensor:
         """G(source_test) as float [-1, 1], computed once per context."""
         if "transferred" not in self.cache:
-            outs = []
-            for start in range(0, len(self.source_test), self.batch_size):
-                idx = torch.arange(start, min(start + self.batch_size, len(self.source_test)))
-                x, _ = self.source_test.batch(idx)
-                outs.append(self.transfer(x).float())
-            self.cache["transferred"] = torch.cat(outs)
+            self.cache["transferred"] = torch.cat([self.transfer(x).float()
+                                                   for x, _ in self.source_test.in_order(self.batch_size)])
         return self.cache["transferred"]
 
 

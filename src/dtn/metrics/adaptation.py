@@ -14,10 +14,7 @@ from . import EvalContext, register_metric
 def adaptation_accuracy(transfer, source_train: Domain, target_test: Domain, epochs: int = 3,
                         batch: int = 128, lr: float = 2e-3, seed: int = 0) -> float:
     """LeNet trained on (G(x), label(x)) for x in source_train, accuracy on target_test."""
-    outs = []
-    for start in range(0, len(source_train), 1000):
-        x, _ = source_train.batch(torch.arange(start, min(start + 1000, len(source_train))))
-        outs.append(to_images(transfer(x)).permute(0, 3, 1, 2).contiguous())
+    outs = [to_images(transfer(x)).permute(0, 3, 1, 2).contiguous() for x, _ in source_train.in_order(1000)]
     transferred = Domain(torch.cat(outs), source_train.labels, "G(" + source_train.name + ")", source_train.split)
     torch.manual_seed(seed)
     model = LeNet(transferred.channels, int(source_train.labels.max()) + 1).to(transferred.images.device)
