@@ -91,6 +91,11 @@ def f_cache_key(cfg: Config, domains: Domains) -> str:
                if p.f_self_train else ""))
 
 
+def f_cache_path(cfg: Config, domains: Domains) -> Path:
+    """Where this machine keeps the pretrained f (or judge) that f_cache_key names."""
+    return cache_root() / "encoders" / f"{f_cache_key(cfg, domains)}.safetensors"
+
+
 def heldout_classes(source_train: Domain, source_test: Domain) -> bool:
     """True when the source test split is labelled with classes f never trained on: held-out
     identities (celeba-sample). f cannot classify them; it can still tell them apart (retrieval)."""
@@ -127,7 +132,7 @@ def get_judge(cfg: Config, domains: Domains, device: torch.device) -> Encoder | 
     if not cfg.pretrain.judge or cfg.train.f_mode != "pretrained":
         return None
     judge_cfg = replace(cfg, train=replace(cfg.train, seed=cfg.train.seed + JUDGE_SEED_OFFSET))
-    cached = cache_root() / "encoders" / f"{f_cache_key(judge_cfg, domains)}.safetensors"
+    cached = f_cache_path(judge_cfg, domains)
     judge = Encoder(cfg.nets).to(device)
     if cached.is_file():
         load_weights(judge, cached)
@@ -171,7 +176,7 @@ def get_f(cfg: Config, run: RunDir, domains: Domains, device: torch.device) -> E
     if path.is_file():
         load_weights(f, path)
         return f.eval()
-    cached = cache_root() / "encoders" / f"{f_cache_key(cfg, domains)}.safetensors"
+    cached = f_cache_path(cfg, domains)
     facts = cached.with_suffix(".json")          # f.json of the run that trained it, kept beside it
     if cached.is_file():
         load_weights(f, cached)
