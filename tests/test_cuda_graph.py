@@ -29,11 +29,13 @@ def weights(trainer) -> dict[str, torch.Tensor]:
 
 # ----------------------------------------------------------------------------- CPU: the pieces
 
-@pytest.mark.parametrize("g_steps,d_steps,warmup", [(1, 1, 0), (2, 3, 0), (2, 2, 5), (1, 0, 0)])
-def test_step_on_indices_drawn_ahead_equals_the_eager_step(g_steps, d_steps, warmup):
+@pytest.mark.parametrize("g_steps,d_steps,warmup,conditional", [(1, 1, 0, False), (2, 3, 0, False), (2, 2, 5, False),
+                                                               (1, 0, 0, False), (2, 2, 0, True)])
+def test_step_on_indices_drawn_ahead_equals_the_eager_step(g_steps, d_steps, warmup, conditional):
     """The graph gathers its batches from indices drawn before the step; drawn in sample()'s order,
     they give bit-identical updates, and the generator ends in the same state."""
-    cfg = make_cfg(train__g_steps=g_steps, train__d_steps=d_steps, train__warmup_steps=warmup)
+    cfg = make_cfg(train__g_steps=g_steps, train__d_steps=d_steps, train__warmup_steps=warmup,
+                   nets__d_conditional=conditional)
     eager, ahead = make_trainer(cfg), make_trainer(cfg)
     assert eager.graphs is None and "the device is cpu, not CUDA" in eager.graph_blockers
     for _ in range(3):

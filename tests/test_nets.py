@@ -73,6 +73,24 @@ def test_discriminator_shape(size, downsample):
         assert Discriminator(cfg2).eval()(torch.randn(2, 3, size, size)).shape == (2, 2)
 
 
+def test_conditional_discriminator_adds_the_given_class_row():
+    """Shared logits plus the row of the class given: another class, other logits; the unconditional
+    part is the same conv, and a missing class is an error, not a silent unconditional D."""
+    cfg = small(32, d_conditional=True, num_classes=4)
+    d = Discriminator(cfg).eval()
+    x = torch.randn(3, 1, 32, 32)
+    with torch.no_grad():
+        raw = d.net(x).flatten(1)
+        assert raw.shape == (3, 3 * 5)
+        cls = torch.tensor([0, 3, 1])
+        out = d(x, cls)
+        expected = raw[:, :3] + torch.stack([raw[i, 3 + 3 * c: 6 + 3 * c] for i, c in enumerate(cls.tolist())])
+        assert out.shape == (3, 3) and torch.allclose(out, expected)
+        assert not torch.allclose(out, d(x, torch.tensor([1, 0, 2])))
+    with pytest.raises(ValueError, match="d_conditional"):
+        d(x)
+
+
 def test_discriminator_rejects_unknown_downsample():
     with pytest.raises(ValueError, match="d_downsample"):
         Discriminator(small(32, d_downsample="avgpool"))

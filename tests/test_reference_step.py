@@ -47,7 +47,7 @@ def test_reference_losses_equal_the_trainers(overrides):
     xs, ys, xt = trainer.sample()
     mine = ref.g_losses(nets, xs.contiguous(), xt.contiguous(), cfg)          # before the Trainer's BN
     mine["d"] = ref.d_losses(nets, xs.contiguous(), xt.contiguous())          # running stats move
-    _, parts, (gs, gt) = trainer.g_loss(xs, ys, xt)
+    _, parts, (gs, gt, *_) = trainer.g_loss(xs, ys, xt)
     parts["d"] = trainer.d_loss(gs, gt, xt)
     assert set(mine) == set(parts) == {"d", "gang", "const", "tid", "tv"}
     for k in mine:

@@ -200,7 +200,7 @@ def test_tid_uses_target_images(monkeypatch):
     spy = Spy(monkeypatch, "tid_loss")
     t = make_trainer(loss__gan=False)
     xs, ys, xt = t.sample()
-    _, _, (gs, gt) = t.g_loss(xs, ys, xt)
+    gs, gt = t.g_loss(xs, ys, xt)[2][:2]
     (args, _kw), = spy.calls
     assert torch.equal(args[0], xt) and torch.equal(args[1], gt)
 
@@ -459,7 +459,7 @@ def test_precision(precision, dtype):
     out = t.train_step()
     assert finite(out)
     assert all(v.dtype == torch.float32 for v in out.values.values()), "losses are computed in fp32"
-    _, (gs, gt, _xt) = t.g_update()
+    _, (gs, gt, *_) = t.g_update()
     assert gs.dtype == dtype and gt.dtype == dtype
     assert all(p.dtype == torch.float32 for p in t.g.parameters()), "weights stay fp32 under autocast"
     assert t.transfer(torch.zeros(2, 3, 32, 32)).dtype == torch.float32
@@ -631,7 +631,7 @@ def test_code_scale_domain_standardises_each_side_with_its_own_domain(monkeypatc
     monkeypatch.setattr(losses, "const_loss", spy)
     xs, ys, xt = t.sample()
     with torch.no_grad():
-        _, _, (gs, _gt) = t.g_loss(xs, ys, xt)
+        gs = t.g_loss(xs, ys, xt)[2].gs
         raw_x, raw_gx = t.f(xs), t.f(gs)
     assert torch.allclose(seen["x"], (raw_x - t.code_stats[0]) / t.code_stats[1], atol=1e-5)
     assert torch.allclose(seen["gx"], (raw_gx - t.code_stats[2]) / t.code_stats[3], atol=1e-5)
@@ -640,3 +640,34 @@ def test_code_scale_domain_standardises_each_side_with_its_own_domain(monkeypatc
     other.code_stats.zero_()
     other.load_state_dict(state)
     assert torch.equal(other.code_stats, t.code_stats)
+
+
+def test_conditional_d_reads_the_classes_f_predicts():
+    """nets.d_conditional: G(x) is judged under x's class as f's head reads it, G(t) and t under t's;
+    the same classes in the G and the D update, and no label is read (the target has none)."""
+    t = make_trainer(nets__d_conditional=True)
+    seen = []
+    forward = t.d.forward
+    t.d.forward = lambda x, cls=None: (seen.append(cls), forward(x, cls))[1]
+    xs, ys, xt = t.sample()
+    with torch.no_grad():   # a head centred on these images, so that it reads several classes in them
+        linear = t.f.head[-1]
+        linear.weight.copy_(torch.randn(linear.weight.shape, generator=torch.Generator().manual_seed(3)))
+        linear.bias.copy_(-linear.weight @ torch.cat([t.f(xs), t.f(xt)]).relu().mean(0))
+        want_s, want_t = linear(t.f(xs).relu()).argmax(1), linear(t.f(xt).relu()).argmax(1)
+    _, fakes = t.g_update((xs, ys, xt))
+    assert [c.tolist() for c in seen] == [want_s.tolist(), want_t.tolist()]
+    seen.clear()
+    t.d_update(fakes)
+    assert [c.tolist() for c in seen] == [want_s.tolist(), want_t.tolist(), want_t.tolist()]
+    assert len(set(want_s.tolist())) > 1, "the test needs f to read more than one class"
+    out = t.train_step()
+    assert finite(out) and "d" in out.values
+
+
+def test_conditional_d_needs_a_classifier_f():
+    from dtn.errors import ConfigError
+    with pytest.raises(ConfigError, match="d_conditional"):
+        make_cfg(nets__d_conditional=True, pretrain__f_head="cosface").validate()
+    with pytest.raises(ConfigError, match="d_conditional"):
+        make_cfg(nets__d_conditional=True, train__f_mode="random").validate()

@@ -135,6 +135,8 @@ class Config:
             (0.0 <= self.train.g_ema < 1.0, "train.g_ema must be in [0, 1) (0 = off)"),
             (self.pretrain.f_self_train >= 0 and (self.pretrain.f_self_train == 0 or self.pretrain.f_head == "softmax"),
              "pretrain.f_self_train needs f_head softmax: f labels target images with its own classes"),
+            (not self.nets.d_conditional or (self.pretrain.f_head == "softmax" and self.train.f_mode != "random"),
+             "nets.d_conditional needs a classifier f (pretrain.f_head softmax, train.f_mode not random): D reads f's classes"),
             (self.nets.d_classes == (3 if self.loss.discriminator == "ternary" else 2),
              "nets.d_classes must be 3 for a ternary D and 2 for a binary D"),
         ]

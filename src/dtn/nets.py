@@ -30,6 +30,8 @@ class NetConfig:
     d_downsample: str = "stride"  # "stride" (conv stride 2) or "maxpool" (conv stride 1 + max-pool)
     g_input_norm: bool = False   # scale each code to unit RMS before g: source and target codes of a
                                  # classifier-trained f differ mostly in length, not direction
+    d_conditional: bool = False  # deviation: D also reads the class f's head predicts (for G(x), x's class;
+                                 # for real t, f's reading of t), so each class must look like that class
 
 
 def num_blocks(image_size: int) -> int:
@@ -94,7 +96,12 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """D: target-domain image -> logits over d_classes (ternary: G(s), G(t), real t)."""
+    """D: target-domain image -> logits over d_classes (ternary: G(s), G(t), real t).
+
+    Conditional (nets.d_conditional, a deviation): the last conv also gives one set of logits per class,
+    and the row of the class given is added to the shared logits (a class-specific linear head, as in
+    projection discriminators). Why: an unconditional D accepts a transferred 6 drawn like an MNIST 0 or 5,
+    since those are real MNIST shapes; given "f reads this as a 6", D can ask whether it looks like a 6."""
 
     def __init__(self, cfg: NetConfig) -> None:
         super().__init__()
@@ -113,11 +120,20 @@ class Discriminator(nn.Module):
                 layers.append(nn.BatchNorm2d(c_out))
             layers.append(act())
             c_in = c_out
-        layers.append(nn.Conv2d(c_in, cfg.d_classes, final_size(cfg.image_size), 1, 0))
+        self.num_conditions = cfg.num_classes if cfg.d_conditional else 0
+        layers.append(nn.Conv2d(c_in, cfg.d_classes * (1 + self.num_conditions), final_size(cfg.image_size), 1, 0))
         self.net = nn.Sequential(*layers)
+        self.d_classes = cfg.d_classes
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).flatten(1)
+    def forward(self, x: torch.Tensor, cls: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.net(x).flatten(1)
+        if not self.num_conditions:
+            return out
+        if cls is None:
+            raise ValueError("a conditional D (nets.d_conditional) needs the class of each image")
+        k = self.d_classes
+        per_class = out[:, k:].view(-1, self.num_conditions, k)
+        return out[:, :k] + per_class.gather(1, cls.view(-1, 1, 1).expand(-1, 1, k)).squeeze(1)
 
 
 class LeNet(nn.Module):

@@ -11,6 +11,7 @@ import copy
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -58,6 +59,16 @@ def jitter(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         n = x.shape[0] // 2
         x = torch.cat([torch.nn.functional.avg_pool2d(x[:n], 3, 1, 1, count_include_pad=False), x[n:]])
     return x
+
+
+class Generated(NamedTuple):
+    """What g_loss generated, for the D update that follows: G(source), G(target) and, for a conditional D,
+    the classes f read in the source and target images (None otherwise)."""
+
+    gs: torch.Tensor
+    gt: torch.Tensor
+    ys_hat: torch.Tensor | None = None
+    yt_hat: torch.Tensor | None = None
 
 
 @dataclass
@@ -197,7 +208,16 @@ class Trainer:
         out = self.g_train(torch.cat([cs, ct]))
         return cs, ct, out[:n], out[n:]
 
-    def g_loss(self, xs, ys, xt) -> tuple[torch.Tensor, dict[str, torch.Tensor], tuple]:
+    @torch.no_grad()
+    def d_conditions(self, cs: torch.Tensor, ct: torch.Tensor) -> tuple:
+        """The class f's head reads in each source and target code: what a conditional D is told
+        (nets.d_conditional; no labels: G(x) gets x's predicted class, G(t) and t get t's). (None, None) if off."""
+        if not self.cfg.nets.d_conditional:
+            return None, None
+        linear = self.f.head[-1]      # the head without its dropout, so a trainable f reads deterministically
+        return linear(cs.relu()).argmax(1), linear(ct.relu()).argmax(1)
+
+    def g_loss(self, xs, ys, xt) -> tuple[torch.Tensor, dict[str, torch.Tensor], Generated]:
         cfg = self.cfg.loss
         cs, ct, gs, gt = self.generate(xs, xt)
         parts: dict[str, torch.Tensor] = {}
@@ -215,15 +235,16 @@ class Trainer:
         if cfg.gamma:
             parts["tv"] = losses.tv_loss(torch.cat([gs, gt]), cfg.tv_power)
             total = total + cfg.gamma * parts["tv"]
+        ys_hat, yt_hat = self.d_conditions(cs, ct)
         if self.gan_active:
             g_loss_fn = losses.ternary_g_loss if cfg.discriminator == "ternary" else losses.binary_g_loss
-            parts["gang"] = g_loss_fn(self.d(gs), self.d(gt))
+            parts["gang"] = g_loss_fn(self.d(gs, ys_hat), self.d(gt, yt_hat))
             total = total + parts["gang"]
-        return total, parts, (gs, gt)
+        return total, parts, Generated(gs, gt, ys_hat, yt_hat)
 
-    def d_loss(self, gs: torch.Tensor, gt: torch.Tensor, xt: torch.Tensor) -> torch.Tensor:
+    def d_loss(self, gs: torch.Tensor, gt: torch.Tensor, xt: torch.Tensor, ys_hat=None, yt_hat=None) -> torch.Tensor:
         d_loss_fn = losses.ternary_d_loss if self.cfg.loss.discriminator == "ternary" else losses.binary_d_loss
-        return d_loss_fn(self.d_train(gs.detach()), self.d_train(gt.detach()), self.d_train(xt))
+        return d_loss_fn(self.d_train(gs.detach(), ys_hat), self.d_train(gt.detach(), yt_hat), self.d_train(xt, yt_hat))
 
     def g_update(self, batch: tuple | None = None) -> tuple[dict[str, torch.Tensor], tuple]:
         xs, ys, xt = batch if batch is not None else self.sample()
@@ -237,7 +258,7 @@ class Trainer:
         self.update_ema()
         set_requires_grad(self.d, True)
         parts["g_total"] = total
-        return {k: v.detach() for k, v in parts.items()}, (fakes[0].detach(), fakes[1].detach(), xt)
+        return {k: v.detach() for k, v in parts.items()}, (fakes.gs.detach(), fakes.gt.detach(), xt, fakes.ys_hat, fakes.yt_hat)
 
     @torch.no_grad()
     def update_ema(self) -> None:
@@ -267,11 +288,12 @@ class Trainer:
         if fakes is None:
             xs, _, xt = (next_batch or self.sample)()
             with torch.no_grad(), self.autocast():
-                _, _, gs, gt = self.generate(xs, xt)
+                cs, ct, gs, gt = self.generate(xs, xt)
+                ys_hat, yt_hat = self.d_conditions(cs, ct)
         else:
-            gs, gt, xt = fakes
+            gs, gt, xt, ys_hat, yt_hat = fakes
         with self.autocast():
-            loss = self.d_loss(gs, gt, xt)
+            loss = self.d_loss(gs, gt, xt, ys_hat, yt_hat)
         self.opt_d.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_d.step()
