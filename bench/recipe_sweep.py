@@ -47,8 +47,8 @@ RECIPES: dict[str, tuple[str, dict[str, str]]] = {
     "alpha15": ("digits", {"loss.alpha": "15"}),
     "lr-half": ("digits", {"optim.lr_g": "1.5e-4", "optim.lr_d": "1e-4"}),
 }
-DEFAULT = ["digits", "digits+dcond", "adapted", "adapted+dcond", "adapted+dcond-2k", "adapted-2k",
-           "adapted+dcond+d128", "adapted+dcond+a100", "digits+dcond-2k"]
+DEFAULT = ["digits", "adapted", "digits+dcond", "adapted+dcond", "adapted+dcond-2k", "adapted-2k",
+           "adapted+dcond+d128"]
 F_SECTIONS = ("nets", "pretrain", "data")
 
 
