@@ -37,3 +37,19 @@ def test_auto_picks_cuda_and_trains_in_bf16_there():
     assert gs.is_cuda and gs.dtype == torch.bfloat16
     assert gs.is_contiguous(memory_format=torch.channels_last)
     assert trainer.transfer(torch.zeros(2, 3, 32, 32, device=device)).dtype == torch.float32
+
+
+def test_self_training_f_runs_on_cuda():
+    """pretrain.f_self_train on domains held on the GPU: the pseudo-label pool lives there too (its
+    labels once stayed on the CPU and the first round failed)."""
+    from dtn.pretrain import self_train_f
+    cfg = apply_overrides(preset("tiny"), {"pretrain.f_self_train": "2", "pretrain.f_self_train_steps": "2"})
+    g = torch.Generator().manual_seed(0)
+    cuda = torch.device("cuda")
+    source = Domain(torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8, generator=g),
+                    torch.randint(0, 10, (32,), generator=g), "s", "train").to(cuda)
+    target = Domain(torch.randint(0, 256, (40, 1, 32, 32), dtype=torch.uint8, generator=g),
+                    torch.full((40,), -1), "t", "train").to(cuda)
+    f = Encoder(cfg.nets).to(cuda)
+    rounds = self_train_f(f, cfg.pretrain, source, target, seed=0, autocast_dtype=torch.bfloat16)
+    assert [r["round"] for r in rounds] == [1, 2] and all(r["pseudo_labelled"] > 0 for r in rounds)

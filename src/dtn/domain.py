@@ -41,7 +41,7 @@ class Domain:
         """Images at idx as float [-1, 1] (N, C, S, S), and their labels."""
         idx = idx.to(self.images.device)
         x = to_float(self.images.index_select(0, idx))
-        return x.contiguous(memory_format=memory_format), self.labels.index_select(0, idx)
+        return x.contiguous(memory_format=memory_format), self.labels.index_select(0, idx.to(self.labels.device))
 
     def in_order(self, batch: int, memory_format=torch.contiguous_format):
         """Every image once, in order: (images, labels) batches of at most `batch` (evaluation, statistics)."""

@@ -222,7 +222,8 @@ def self_train_f(f: Encoder, cfg: PretrainConfig, source: Domain, target: Domain
     got which pseudo-label (the caller may score them where labels exist); target.labels are never read."""
     n = min(len(target), SELF_TRAIN_POOL)
     order = torch.randperm(len(target), generator=torch.Generator().manual_seed(7))[:n].sort().values
-    pool = Domain(target.images[order.to(target.images.device)], torch.full((n,), -1), target.name, "pseudo-label pool")
+    pool = Domain(target.images[order.to(target.images.device)], torch.full((n,), -1, device=target.images.device),
+                  target.name, "pseudo-label pool")
     gen = torch.Generator().manual_seed(seed + 17)
     device, half = source.images.device, max(1, cfg.f_batch // 2)
     lr = cfg.f_lr * 0.3
