@@ -40,6 +40,12 @@ RECIPES: dict[str, tuple[str, dict[str, str]]] = {
     "adapted+dcond+d128": ("digits-adapted", {"nets.d_conditional": "true", "nets.d_width": "128"}),
     "adapted+dcond+a100": ("digits-adapted", {"nets.d_conditional": "true", "loss.alpha": "100"}),
     "digits+dcond-2k": ("digits", {"nets.d_conditional": "true", "train.steps": "2000"}),
+    "adapted+dcond+mse+kl": ("digits-adapted", {"nets.d_conditional": "true", "loss.const_distance": "mse+kl"}),
+    "adapted+dcond+kl": ("digits-adapted", {"nets.d_conditional": "true", "loss.const_distance": "kl"}),
+    "adapted+dcond+a25": ("digits-adapted", {"nets.d_conditional": "true", "loss.alpha": "25"}),
+    "adapted+dcond+d128-2k": ("digits-adapted", {"nets.d_conditional": "true", "nets.d_width": "128",
+                                                 "train.steps": "2000"}),
+    "digits+dcond+mse+kl": ("digits", {"nets.d_conditional": "true", "loss.const_distance": "mse+kl"}),
     # older single-knob comparisons on the plain digits preset
     "no-tv": ("digits", {"loss.gamma": "0"}),
     "batch256": ("digits", {"train.batch_size": "256"}),

@@ -221,3 +221,15 @@ def test_tv_loss_nonnegative_and_finite_grad(power):
     assert out.item() >= 0
     out.backward()
     assert torch.isfinite(z.grad).all()
+
+
+def test_const_kl_loss_known_answers():
+    a = torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]])
+    assert float(losses.const_kl_loss(a, a)) == pytest.approx(0.0, abs=1e-6)
+    # uniform vs one-hot-ish: KL(p || q) for p uniform over 2 classes and q = (0.9, 0.1)
+    p_logits = torch.tensor([[0.0, 0.0]])
+    q_logits = torch.log(torch.tensor([[0.9, 0.1]]))
+    want = 0.5 * math.log(0.5 / 0.9) + 0.5 * math.log(0.5 / 0.1)
+    assert float(losses.const_kl_loss(p_logits, q_logits)) == pytest.approx(want, rel=1e-5)
+    # adding a constant to every logit (the same distribution) changes nothing
+    assert float(losses.const_kl_loss(a, a + 3.0)) == pytest.approx(0.0, abs=1e-6)

@@ -228,6 +228,27 @@ def test_const_distance(monkeypatch, distance):
     assert code_gx.requires_grad, "f(G(x)) must carry gradient to g"
 
 
+@pytest.mark.parametrize("distance", ["kl", "mse+kl"])
+def test_const_distance_kl_compares_f_class_distributions(monkeypatch, distance):
+    """kl: f's head on x vs on G(x), no labels; mse+kl: the code MSE plus that KL, in one L_CONST."""
+    spy_kl, spy_mse = Spy(monkeypatch, "const_kl_loss"), Spy(monkeypatch, "const_loss")
+    t = make_trainer(loss__const_distance=distance)
+    xs, ys, xt = t.sample()
+    total, parts, _ = t.g_loss(xs, ys, xt)
+    (args, _kw), = spy_kl.calls
+    with torch.no_grad():
+        want_x = t.f.head[-1](t.f(xs).relu())
+    assert torch.allclose(args[0], want_x, atol=1e-5) and not args[0].requires_grad
+    assert args[1].requires_grad, "f's reading of G(x) must carry gradient to g"
+    assert len(spy_mse.calls) == (distance == "mse+kl")
+    kl = losses.const_kl_loss(args[0], args[1])
+    mse = losses.const_loss(*spy_mse.calls[0][0]) if distance == "mse+kl" else 0.0
+    assert float(parts["const"]) == pytest.approx(float(kl + mse), rel=1e-5)
+    total.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in t.g.parameters())
+    assert all(p.grad is None for p in t.f.parameters())
+
+
 def test_const_distance_ce_uses_source_labels(monkeypatch):
     spy_mse = Spy(monkeypatch, "const_loss")
     spy_ce = Spy(monkeypatch, "const_ce_loss")

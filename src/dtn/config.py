@@ -39,7 +39,8 @@ class LossConfig:
     beta: float = 15.0                # weight of L_TID
     gamma: float = 0.0                # weight of L_TV
     tv_power: float = 1.0             # B in L_TV
-    const_distance: str = "mse"       # mse | cosine | mse+cosine | ce (ce uses source labels!)
+    const_distance: str = "mse"       # mse | cosine | mse+cosine | ce (ce uses source labels!) | kl | mse+kl
+                                      # (kl, a deviation: f's class distribution on x vs on G(x); no labels)
     code_scale: str = "none"          # none | rms: divide codes by f's RMS code on source train
                                       # | domain (deviation): standardise each code dimension with its own
                                       # domain's mean and std, f(x) with the source's, f(G(x)) with the target's
@@ -135,6 +136,8 @@ class Config:
             (0.0 <= self.train.g_ema < 1.0, "train.g_ema must be in [0, 1) (0 = off)"),
             (self.pretrain.f_self_train >= 0 and (self.pretrain.f_self_train == 0 or self.pretrain.f_head == "softmax"),
              "pretrain.f_self_train needs f_head softmax: f labels target images with its own classes"),
+            (not self.loss.const_distance.endswith("kl") or self.pretrain.f_head == "softmax",
+             "loss.const_distance kl / mse+kl needs pretrain.f_head softmax: it compares f's class distributions"),
             (not self.nets.d_conditional or (self.pretrain.f_head == "softmax" and self.train.f_mode != "random"),
              "nets.d_conditional needs a classifier f (pretrain.f_head softmax, train.f_mode not random): D reads f's classes"),
             (self.nets.d_classes == (3 if self.loss.discriminator == "ternary" else 2),

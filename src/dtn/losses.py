@@ -15,7 +15,7 @@ import torch
 from torch.nn import functional as F
 
 G_OF_SOURCE, G_OF_TARGET, REAL = 0, 1, 2
-CONST_DISTANCES = ("mse", "cosine", "mse+cosine", "ce")
+CONST_DISTANCES = ("mse", "cosine", "mse+cosine", "ce", "kl", "mse+kl")
 
 
 def _ce_to(logits: torch.Tensor, cls: int) -> torch.Tensor:
@@ -54,6 +54,14 @@ def const_loss(code_x: torch.Tensor, code_gx: torch.Tensor, distance: str = "mse
     if distance == "mse+cosine":
         return F.mse_loss(b, a) + (1 - F.cosine_similarity(a, b, dim=1)).mean()
     raise ValueError(f"unknown L_CONST distance {distance!r}; valid: {', '.join(CONST_DISTANCES)}")
+
+
+def const_kl_loss(logits_x: torch.Tensor, logits_gx: torch.Tensor) -> torch.Tensor:
+    """The `kl` L_CONST variant (a deviation; no labels): KL(p(x) || p(G(x))) between the class
+    distributions f's head reads in x and in G(x). It keeps what f says x *is* and leaves the rest of
+    f's code (the font, the stroke) free for the GAN to restyle; `mse+kl` adds it to the code MSE."""
+    return F.kl_div(F.log_softmax(logits_gx.float(), 1), F.log_softmax(logits_x.float(), 1), log_target=True,
+                    reduction="batchmean")
 
 
 def const_ce_loss(head_logits_gx: torch.Tensor, source_labels: torch.Tensor) -> torch.Tensor:

@@ -214,8 +214,11 @@ class Trainer:
         (nets.d_conditional; no labels: G(x) gets x's predicted class, G(t) and t get t's). (None, None) if off."""
         if not self.cfg.nets.d_conditional:
             return None, None
-        linear = self.f.head[-1]      # the head without its dropout, so a trainable f reads deterministically
-        return linear(cs.relu()).argmax(1), linear(ct.relu()).argmax(1)
+        return self.f_logits(cs).argmax(1), self.f_logits(ct).argmax(1)
+
+    def f_logits(self, code: torch.Tensor) -> torch.Tensor:
+        """f's class logits for a code: the head without its dropout, so a trainable f reads deterministically."""
+        return self.f.head[-1](code.relu())
 
     def g_loss(self, xs, ys, xt) -> tuple[torch.Tensor, dict[str, torch.Tensor], Generated]:
         cfg = self.cfg.loss
@@ -226,10 +229,16 @@ class Trainer:
             parts["const"] = losses.const_ce_loss(self.f.classify(gs_for_f), ys)
         else:
             code_x, code_gx = (cs.detach() if not self.f_learns else cs), self.f(gs_for_f)
+            kl = (losses.const_kl_loss(self.f_logits(code_x), self.f_logits(code_gx))
+                  if cfg.const_distance.endswith("kl") else None)
             if self.code_stats is not None:
                 code_x = (code_x.float() - self.code_stats[0]) / self.code_stats[1]
                 code_gx = (code_gx.float() - self.code_stats[2]) / self.code_stats[3]
-            parts["const"] = losses.const_loss(code_x, code_gx, cfg.const_distance, float(self.code_scale))
+            code_distance = cfg.const_distance.removesuffix("kl").removesuffix("+")
+            parts["const"] = (losses.const_loss(code_x, code_gx, code_distance, float(self.code_scale))
+                              if code_distance else 0.0)
+            if kl is not None:
+                parts["const"] = parts["const"] + kl
         parts["tid"] = losses.tid_loss(xt, gt)
         total = cfg.alpha * parts["const"] + cfg.beta * parts["tid"]
         if cfg.gamma:
