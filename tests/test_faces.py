@@ -136,7 +136,7 @@ def test_f_head_is_validated_and_the_faces_preset_uses_cosface():
 def test_f_cache_key_names_the_head_and_keeps_old_softmax_keys():
     d = Domain(torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.arange(4), "s", "train")
     domains = Domains(d, d, d, d)
-    cfg = preset("digits")
+    cfg = preset("digits-faithful")
     assert f_cache_key(cfg, domains).endswith("-a1-v3-seed0")         # unchanged for softmax f's
     keys = {f_cache_key(apply_overrides(cfg, o), domains) for o in
             ({}, {"pretrain.f_head": "cosface"}, {"pretrain.f_head": "arcface"},

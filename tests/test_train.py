@@ -690,5 +690,3 @@ def test_conditional_d_needs_a_classifier_f():
     from dtn.errors import ConfigError
     with pytest.raises(ConfigError, match="d_conditional"):
         make_cfg(nets__d_conditional=True, pretrain__f_head="cosface").validate()
-    with pytest.raises(ConfigError, match="d_conditional"):
-        make_cfg(nets__d_conditional=True, train__f_mode="random").validate()

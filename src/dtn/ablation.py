@@ -32,6 +32,10 @@ ABLATIONS: dict[str, Ablation] = {a.name: a for a in (
     Ablation("mse+cosine", {"loss.const_distance": "mse+cosine"}, None),
     Ablation("ce", {"loss.const_distance": "ce"}, None, "uses source labels during DTN training"),
     Ablation("binary-d", {"loss.discriminator": "binary", "nets.d_classes": "2"}, None),
+    # the digits preset's own deviations, one at a time (no-op rows on presets that do not use them)
+    Ablation("code-mse", {"loss.const_distance": "mse"}, None, "L_CONST on f's code, not its class distribution"),
+    Ablation("unconditional-d", {"nets.d_conditional": "false"}, None, "D not told f's class"),
+    Ablation("no-self-training", {"pretrain.f_self_train": "0"}, None, "f never sees target images"),
 )}
 
 PAPER_ROWS = ("full", "no-tid", "no-const", "g-without-f", "no-gan", "no-const-no-tid")
