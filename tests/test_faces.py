@@ -3,6 +3,7 @@ f.json, identity_retrieval in results.json / metrics.csv / report.html / `dtn ev
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -171,3 +172,85 @@ def test_bench_faces_writes_its_json_and_the_grid(tmp_path, digit_folders, faces
     assert written["wall_seconds_total"] > 0
     assert [r["step"] for r in written["curve_on_eval_subset"]] == [2.0, 4.0]
     assert (tmp_path / "docs" / "faces_grid.png").is_file()
+
+
+# ----------------------------------------------------------------------------- pretrain.f_target_options
+
+def toy_options_domain(n: int = 24, sizes=(3, 2)):
+    """Generated 'avatars' whose first option sets the brightness and the second a bar; -1 marks an
+    unused category (another style's) in a few rows, as real option vectors have."""
+    g = torch.Generator().manual_seed(1)
+    options = torch.stack([torch.randint(0, s, (n,), generator=g) for s in sizes], 1)
+    options[::5, 1] = -1
+    images = (options[:, :1, None, None].clamp_min(0) * 80 + 30).expand(n, 3, 32, 32).to(torch.uint8).clone()
+    images[options[:, 1] == 1, :, 10:14] = 255
+    return Domain(images, options, "toy-avatars", "train"), list(sizes)
+
+
+def test_margin_pretraining_adds_the_option_loss_in_one_batch(monkeypatch):
+    """The option task reads the target batch through f together with the faces (one f call, so BN's
+    statistics cover both) and adds the per-category cross-entropy: with a zero head, log(values) each."""
+    from dtn import pretrain
+    from dtn.nets import Encoder
+    cfg = apply_overrides(preset("tiny"), {"pretrain.f_head": "cosface", "nets.num_classes": "4"})
+    target, sizes = toy_options_domain()
+    f = Encoder(cfg.nets)
+    plain = pretrain.MarginPretraining(f, 4, cfg.pretrain)
+    with_options = pretrain.MarginPretraining(f, 4, cfg.pretrain, target, sizes)
+    with torch.no_grad():
+        with_options.centres.copy_(plain.centres)
+        with_options.options_head.weight.zero_()
+        with_options.options_head.bias.zero_()
+    calls = []
+    original = Encoder.forward
+    monkeypatch.setattr(Encoder, "forward", lambda self, x: (calls.append(x.shape[0]), original(self, x))[1])
+    x = torch.rand(6, 3, 32, 32) * 2 - 1
+    labels = torch.tensor([0, 1, 2, 3, 0, 1])
+    f.eval()                                   # BN in eval: the face codes do not depend on the batch
+    base = plain.loss(x, labels)
+    calls.clear()
+    total = with_options.loss(x, labels)
+    assert calls == [12], "faces and target images go through f in one batch"
+    expected_extra = sum(math.log(s) for s in sizes) / len(sizes)
+    # rows with -1 add nothing to their category's sum, so that category's mean is a little below log(size)
+    assert 0.5 * expected_extra < float(total - base) <= expected_extra + 1e-4
+
+
+def test_f_target_options_learns_to_read_the_options():
+    """Trained as pretrain_f trains it, the option head reads the toy avatars' options off f's code far
+    better than chance (its loss falls well below log(values)) while the faces task trains beside it."""
+    from dtn import pretrain
+    from dtn.losses import category_loss
+    from dtn.nets import Encoder
+    cfg = apply_overrides(preset("tiny"), {"pretrain.f_head": "cosface", "nets.num_classes": "4"})
+    target, sizes = toy_options_domain(48)
+    g = torch.Generator().manual_seed(0)
+    faces = Domain(torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8, generator=g),
+                   torch.arange(32) % 4, "faces", "train")
+    torch.manual_seed(0)
+    model = pretrain.MarginPretraining(Encoder(cfg.nets), 4, cfg.pretrain, target, sizes)
+
+    def option_loss() -> float:
+        model.eval()
+        with torch.no_grad():
+            x, options = target.batch(torch.arange(len(target)))
+            return float(category_loss(list(model.options_head(model.f(x)).split(sizes, 1)), options))
+    before = option_loss()
+    pretrain.train_classifier(model, None, faces, 100, 8, 3e-3, lambda x, gen: x, 0, "test", loss_fn=model.loss)
+    after = option_loss()
+    assert before > 0.5 and after < 0.5 * before, (before, after)
+
+
+def test_f_target_options_needs_option_vectors_and_a_margin_head(tmp_path, digit_folders):
+    from dtn.errors import DtnError
+    from dtn.run import target_options
+    with pytest.raises(ConfigError, match="f_target_options needs a margin head"):
+        apply_overrides(preset("tiny"), {"pretrain.f_target_options": "true"}).validate()
+    src, tgt = digit_folders
+    cfg = apply_overrides(preset("tiny"), {"data.source": f"folder:{src}", "data.target": f"folder:{tgt}",
+                                           "pretrain.f_head": "cosface", "pretrain.f_target_options": "true"})
+    with pytest.raises(DtnError, match="no option vectors"):
+        target_options(cfg, load_domains(cfg))
+    d = Domain(torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.arange(4), "s", "train")
+    keys = {f_cache_key(apply_overrides(cfg, {"pretrain.f_target_options": v}), Domains(d, d, d, d)) for v in ("true", "false")}
+    assert len(keys) == 2

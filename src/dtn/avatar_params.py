@@ -43,6 +43,7 @@ from .data.base import cache_root
 from .data.parallel import chunk_sizes, default_workers, run_chunks
 from .domain import Domain, resize_uint8
 from .errors import ConfigError, DataError, RunError
+from .losses import category_loss
 from .nets import final_size, num_blocks, to_float
 from .pretrain import train_classifier
 from .progress import duration
@@ -149,14 +150,6 @@ def to_tensor(images: np.ndarray, size: int) -> torch.Tensor:
     return resize_uint8(images, size, 3)
 
 
-def _loss(logits: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
-    """Mean over categories of the cross-entropy, ignoring -1 (a category of another style); a
-    category that no avatar of the batch uses adds nothing."""
-    terms = [F.cross_entropy(lg.float(), target[:, j], ignore_index=-1, reduction="sum") / len(target)
-             for j, lg in enumerate(logits)]
-    return torch.stack(terms).sum() / len(terms)
-
-
 def train_estimator(images: np.ndarray, options: np.ndarray, vocab: avatars.Vocabulary, image_size: int,
                     cfg: EstimatorConfig | None = None, device: str | torch.device = "cpu",
                     desc: str = "avatar estimator", say: Callable[[str], None] | None = None) -> ParamEstimator:
@@ -175,7 +168,7 @@ def train_estimator(images: np.ndarray, options: np.ndarray, vocab: avatars.Voca
     model = ParamEstimator(vocab, image_size, cfg.width).to(device)
     augment = augment_avatars if cfg.augment else (lambda x, generator: x)
     train_classifier(model, None, domain, cfg.steps, cfg.batch, cfg.lr, augment, cfg.seed, desc,
-                     loss_fn=lambda x, labels: _loss(model(x), labels), say=say)
+                     loss_fn=lambda x, labels: category_loss(model(x), labels), say=say)
     return model.eval()
 
 

@@ -104,6 +104,8 @@ class PretrainConfig:
     f_self_train: int = 0             # deviation: rounds of self-training f after pretraining, on target images
                                       # it labels itself (the most confident, class-balanced share); no target labels
     f_self_train_steps: int = 400     # fine-tuning steps per self-training round
+    f_target_options: bool = False    # deviation (generated avatars only): f also learns to read the options
+                                      # each target avatar was drawn with, so its code varies over avatars
     judge: bool = False               # also pretrain a second f (same recipe, seed + 1000) that training never
                                       # sees; identity retrieval is reported by it too (judge_identity_*)
     eval_epochs: int = 4              # epochs of the evaluation classifier on target train
@@ -138,6 +140,8 @@ class Config:
              "pretrain.f_self_train needs f_head softmax: f labels target images with its own classes"),
             (not self.loss.const_distance.endswith("kl") or self.pretrain.f_head == "softmax",
              "loss.const_distance kl / mse+kl needs pretrain.f_head softmax: it compares f's class distributions"),
+            (not self.pretrain.f_target_options or self.pretrain.f_head != "softmax",
+             "pretrain.f_target_options needs a margin head (pretrain.f_head cosface or arcface)"),
             (not self.nets.d_conditional or self.pretrain.f_head == "softmax",
              "nets.d_conditional needs pretrain.f_head softmax: D reads the classes of f's own head"),
             (self.nets.d_classes == (3 if self.loss.discriminator == "ternary" else 2),

@@ -86,6 +86,15 @@ def tv_loss(z: torch.Tensor, power: float = 1.0) -> torch.Tensor:
     return per_pixel.sum(dim=(-2, -1)).mean()
 
 
+def category_loss(logits: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+    """Mean over categories of the cross-entropy of one logit vector per category (an avatar's option
+    vector: hair, eyes, ...) against target (N, K), ignoring -1 (a category of another style); a category
+    that no image of the batch uses adds nothing."""
+    terms = [F.cross_entropy(lg.float(), target[:, j], ignore_index=-1, reduction="sum") / len(target)
+             for j, lg in enumerate(logits)]
+    return torch.stack(terms).sum() / len(terms)
+
+
 # ----------------------------------------------------------------------------- f's pretraining head
 MARGIN_HEADS = ("softmax", "cosface", "arcface")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -22,7 +22,7 @@ from torch.nn import functional as F
 from .config import PretrainConfig
 from .data.base import cache_root
 from .domain import Domain
-from .losses import margin_logits
+from .losses import category_loss, margin_logits
 from .nets import Encoder, LeNet, NetConfig, init_weights
 from .progress import duration, progress
 from .weights import load_weights, save_weights
@@ -159,33 +159,63 @@ class MarginPretraining(nn.Module):
     The margin loss shapes the angle of f's code; f's own softmax head is trained beside it on the
     *detached* code, so f.classify stays a working classifier of the training classes (f_consistency,
     the `ce` L_CONST variant) without pulling on the code. The centres are dropped afterwards:
-    f.safetensors holds exactly what a softmax-pretrained f holds."""
+    f.safetensors holds exactly what a softmax-pretrained f holds.
 
-    def __init__(self, f: Encoder, num_classes: int, cfg: PretrainConfig) -> None:
+    With `target_options` (pretrain.f_target_options, a deviation) every step also reads a batch of
+    generated target images and predicts the options each was drawn with (a linear head per category on
+    f's code, dropped afterwards too). Why: an identity encoder maps every avatar into one narrow cone
+    (mean cosine 0.85 to their centroid, against 0.11 for faces), so L_CONST cannot tell one avatar from
+    another; reading hair, skin and eyes off f's code forces the code to vary over avatars. Both domains
+    go through f in one batch, so its BatchNorm statistics cover both."""
+
+    def __init__(self, f: Encoder, num_classes: int, cfg: PretrainConfig, target_options: Domain | None = None,
+                 option_sizes: Sequence[int] = (), seed: int = 0) -> None:
         super().__init__()
         self.f = f
-        self.centres = nn.Parameter(torch.randn(num_classes, f.head[-1].in_features) * 0.01)
+        code_dim = f.head[-1].in_features
+        self.centres = nn.Parameter(torch.randn(num_classes, code_dim) * 0.01)
         self.kind, self.margin, self.scale = cfg.f_head, cfg.f_margin, cfg.f_scale
+        self.target, self.option_sizes = target_options, list(option_sizes)
+        self.options_head = nn.Linear(code_dim, sum(self.option_sizes)) if target_options is not None else None
+        self.generator = torch.Generator().manual_seed(seed + 29)
+        # colours are options (hair, skin), so the target images get no grey or inversion: shifts on the
+        # white page (edge padding), after a mirror flip when the faces get one
+        self.flip = cfg.f_flip
+
+    def augment_target(self, x: torch.Tensor) -> torch.Tensor:
+        return shift_augment(random_flip(x, self.generator) if self.flip else x, self.generator, edge=True)
 
     def loss(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        if self.target is not None:
+            xt, options = self.target.sample(n, self.generator)
+            x = torch.cat([x, self.augment_target(xt)])
         code = self.f(x)
-        logits = margin_logits(code, self.centres, labels, self.kind, self.margin, self.scale)
-        return F.cross_entropy(logits, labels) + F.cross_entropy(self.f.head(code.detach()).float(), labels)
+        face = code[:n]
+        logits = margin_logits(face, self.centres, labels, self.kind, self.margin, self.scale)
+        loss = F.cross_entropy(logits, labels) + F.cross_entropy(self.f.head(face.detach()).float(), labels)
+        if self.target is not None:
+            per_category = self.options_head(code[n:].float()).split(self.option_sizes, dim=1)
+            loss = loss + category_loss(list(per_category), options)
+        return loss
 
 
 def pretrain_f(net_cfg: NetConfig, cfg: PretrainConfig, source: Domain, seed: int = 0,
-               autocast_dtype=None) -> Encoder:
+               autocast_dtype=None, target_options: Domain | None = None, option_sizes: Sequence[int] = ()) -> Encoder:
     """f as a classifier on the labeled source (softmax, or a margin softmax on its code's angle);
-    returned in eval mode, to be frozen by the caller."""
+    returned in eval mode, to be frozen by the caller. target_options (generated target images with the
+    option vectors they were drawn with) adds the option-reading task of MarginPretraining."""
     torch.manual_seed(seed)
     f = Encoder(net_cfg).to(source.images.device)
     init_weights(f)
     augment = f_augmentation(cfg)
     if cfg.f_head == "softmax":
+        if target_options is not None:
+            raise ValueError("target options are read with a margin head only (pretrain.f_target_options)")
         train_classifier(f, f.classify, source, cfg.f_steps, cfg.f_batch, cfg.f_lr, augment, seed,
                          "pretrain f", autocast_dtype)
         return f
-    model = MarginPretraining(f, net_cfg.num_classes, cfg).to(source.images.device)
+    model = MarginPretraining(f, net_cfg.num_classes, cfg, target_options, option_sizes, seed).to(source.images.device)
     train_classifier(model, None, source, cfg.f_steps, cfg.f_batch, cfg.f_lr, augment, seed,
                      f"pretrain f ({cfg.f_head})", autocast_dtype, loss_fn=model.loss)
     return f.eval()

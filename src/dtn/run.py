@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import metrics
@@ -88,7 +89,8 @@ def f_cache_key(cfg: Config, domains: Domains) -> str:
             + ("-flip" if p.f_flip else "")
             + (f"-{p.f_head}-m{p.f_margin}-sc{p.f_scale}" if p.f_head != "softmax" else "")
             + (f"-st{p.f_self_train}x{p.f_self_train_steps}-{cfg.data.target}-{data_fingerprint(domains.target_train)}"
-               if p.f_self_train else ""))
+               if p.f_self_train else "")
+            + (f"-opt-{cfg.data.target}-{data_fingerprint(domains.target_train)}" if p.f_target_options else ""))
 
 
 def f_cache_path(cfg: Config, domains: Domains) -> Path:
@@ -144,11 +146,28 @@ def get_judge(cfg: Config, domains: Domains, device: torch.device) -> Encoder | 
     return judge.eval()
 
 
+def target_options(cfg: Config, domains: Domains) -> tuple[Domain, list[int]]:
+    """The target train images with the option vector each was drawn with (labels (N, K)) and the number
+    of values per category, for pretrain.f_target_options; only generated avatars carry them."""
+    split = load_split(cfg.data.target, "train", cfg.data.data_dir or None)
+    options, vocab = split.extras.get("options"), split.extras.get("vocabulary")
+    if options is None or vocab is None:
+        raise DtnError(f"pretrain.f_target_options: the target {cfg.data.target!r} has no option vectors "
+                       "(only generated avatars do); turn the option off")
+    if len(options) != len(domains.target_train):
+        raise DtnError(f"pretrain.f_target_options: {len(options)} option vectors for {len(domains.target_train)} "
+                       f"{cfg.data.target} train images (a class subset?); they must match one to one")
+    labels = torch.from_numpy(np.asarray(options, dtype=np.int64))
+    return Domain(domains.target_train.images, labels, cfg.data.target, "train"), [len(c.values) for c in vocab.categories]
+
+
 def train_f(cfg: Config, domains: Domains, device: torch.device) -> tuple[Encoder, list[dict]]:
     """pretrain_f on the labelled source, then pretrain.f_self_train rounds on pseudo-labelled target
     images. The second value says per round how many target images were pseudo-labelled and, where the
     target has labels (read here for this diagnostic only, never by training), how many rightly."""
-    f = pretrain_f(cfg.nets, cfg.pretrain, domains.source_train.to(device), cfg.train.seed, autocast_dtype(cfg))
+    options, sizes = target_options(cfg, domains) if cfg.pretrain.f_target_options else (None, ())
+    f = pretrain_f(cfg.nets, cfg.pretrain, domains.source_train.to(device), cfg.train.seed, autocast_dtype(cfg),
+                   options.to(device) if options is not None else None, sizes)
     if not cfg.pretrain.f_self_train:
         return f, []
     rounds = self_train_f(f, cfg.pretrain, domains.source_train.to(device), domains.target_train.to(device),
