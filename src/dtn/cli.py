@@ -313,7 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("--seed", type=int, default=0)
             q.add_argument("--out", default="sheet.png", help="output PNG (default sheet.png)")
 
-    presets_text = "\n".join(f"  {name:13s} {fn.__doc__.strip().splitlines()[0]}" for name, fn in PRESETS.items())
+    width = max(map(len, PRESETS)) + 1
+    presets_text = "\n".join(f"  {name:{width}s} {fn.__doc__.strip().splitlines()[0]}" for name, fn in PRESETS.items())
     r = sub.add_parser("run", help="pretrain f, train the DTN, evaluate: one command",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Run a preset end to end: pretrain f on the labelled source, train (or load\n"

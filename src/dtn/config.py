@@ -156,7 +156,7 @@ class Config:
 # ----------------------------------------------------------------------------- presets
 
 def digits() -> Config:
-    """Default digits preset: synth-digits -> MNIST on a 2-core CPU in about 11 minutes.
+    """Default: synth-digits -> MNIST in about 11 min on a 2-core CPU (digits-faithful + 4 named deviations).
 
     `digits-faithful` (the method as the paper states it, with the training-scale settings measured
     here) plus four deviations, each measured over seeds (bench/results/recipe_sweep*_h200.json,
@@ -174,8 +174,9 @@ def digits() -> Config:
 
 
 def digits_faithful() -> Config:
-    """The method as the paper states it (L_CONST = MSE of f's codes, an unconditional ternary D, f that
-    never sees the target), with the settings measured to train here in 1,000 steps.
+    """The method as the paper states it, with training settings measured to work here in 1,000 steps.
+
+    L_CONST is the MSE of f's codes, D an unconditional ternary D, and f never sees the target.
 
     Deviations from the paper's settings, each measured (see the issue notes / bench/results):
     narrower g and D (g 256, D 64 channels: ~3x faster per step), codes scaled to unit RMS for
@@ -210,7 +211,7 @@ def tiny() -> Config:
 
 
 def faces() -> Config:
-    """Face photos (celeba-sample) -> DiceBear avatars, 64 px RGB, the paper's face weights; not yet trained.
+    """Face photos (celeba-sample) -> DiceBear avatars, 64 px RGB, the paper's face weights (README: results).
 
     alpha 100, beta 1, gamma 0.05 as in the paper. f is an identity encoder trained with a CosFace margin
     softmax over the 3,000 celeba-sample training identities (nets.num_classes 0: taken from the data;
@@ -231,7 +232,7 @@ def faces() -> Config:
 
 
 def fashion() -> Config:
-    """Clothing photos -> Fashion-MNIST at 64 px; f pretrained on the photos' labels; not yet trained.
+    """Clothing photos -> Fashion-MNIST at 64 px; f pretrained on the photos' labels (README: results).
 
     The photos' labels are Fashion-MNIST classes (data/clothing.py), so the evaluation classifier, trained
     on Fashion-MNIST, scores G(x) against them. The source is sampled class-balanced (1,292 T-shirts but
