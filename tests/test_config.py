@@ -138,6 +138,7 @@ def test_toml_round_trip_every_field_differs_from_default(tmp_path):
     changed["loss.const_distance"] = "mse+cosine"
     changed["train.f_mode"] = "joint"
     changed["train.steps"] = 17
+    changed["pretrain.f_target_options"] = False    # needs a margin head, which d_conditional refuses
     cfg = apply_overrides(default, changed)
     path = tmp_path / "c.toml"
     path.write_text(to_toml(cfg))
@@ -174,10 +175,11 @@ def test_diff_from_default():
     assert diff_from_default(Config()) == {}
 
 
-def test_digits_is_digits_faithful_plus_its_four_named_deviations():
+def test_digits_is_digits_faithful_plus_its_five_named_deviations():
     """The default digits preset differs from digits-faithful in exactly the deviations its docstring
-    names (self-trained f, conditional D, KL L_CONST, g_ema): nothing else drifts with them."""
+    names (self-trained f, conditional D, KL L_CONST, augmented L_CONST, g_ema): nothing else drifts."""
     ours, faithful = diff_from_default(preset("digits")), diff_from_default(preset("digits-faithful"))
     changed = {k for k in set(ours) | set(faithful) if ours.get(k) != faithful.get(k)}
-    assert changed == {"nets.d_conditional", "loss.const_distance", "train.g_ema", "pretrain.f_self_train"}
+    assert changed == {"nets.d_conditional", "loss.const_distance", "loss.const_augment", "train.g_ema",
+                       "pretrain.f_self_train"}
     assert (ours["loss.const_distance"][0], ours["nets.d_conditional"][0]) == ("kl", True)
