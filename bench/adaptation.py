@@ -29,10 +29,9 @@ def main() -> None:
     p.add_argument("--out", default=str(RESULTS / "adaptation_digits.json"))
     args = p.parse_args()
     run = RunDir.open(Path(args.run))
-    made_by = run.read_json("results.json").get("command") if (run.path / "results.json").is_file() else None
     acc = evaluate_run(run.path, None, ("adaptation_accuracy",), args.samples)["adaptation_accuracy"]
     out = {"command": "python bench/adaptation.py " + " ".join(sys.argv[1:]), "run": args.run,
-           "run_made_by": made_by, "preset": run.config().name,
+           "preset": run.config().name,
            "adaptation_accuracy_on_mnist_test": round(acc, 4), "paper_svhn_to_mnist": PAPER,
            "shortfall_points_vs_paper": round(100 * max(0.0, PAPER - acc), 2), "goal_met": acc >= PAPER,
            "protocol": f"LeNet trained 3 epochs on G(x) for {args.samples:,} source train images with their source "

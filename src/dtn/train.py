@@ -62,11 +62,12 @@ def jitter(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 class Generated(NamedTuple):
-    """What g_loss generated, for the D update that follows: G(source), G(target) and, for a conditional D,
-    the classes f read in the source and target images (None otherwise)."""
+    """What a G update generated, for the D update that follows: G(source), G(target), the target batch
+    and, for a conditional D, the classes f read in the source and target images (None otherwise)."""
 
     gs: torch.Tensor
     gt: torch.Tensor
+    xt: torch.Tensor
     ys_hat: torch.Tensor | None = None
     yt_hat: torch.Tensor | None = None
 
@@ -249,13 +250,13 @@ class Trainer:
             g_loss_fn = losses.ternary_g_loss if cfg.discriminator == "ternary" else losses.binary_g_loss
             parts["gang"] = g_loss_fn(self.d(gs, ys_hat), self.d(gt, yt_hat))
             total = total + parts["gang"]
-        return total, parts, Generated(gs, gt, ys_hat, yt_hat)
+        return total, parts, Generated(gs, gt, xt, ys_hat, yt_hat)
 
     def d_loss(self, gs: torch.Tensor, gt: torch.Tensor, xt: torch.Tensor, ys_hat=None, yt_hat=None) -> torch.Tensor:
         d_loss_fn = losses.ternary_d_loss if self.cfg.loss.discriminator == "ternary" else losses.binary_d_loss
         return d_loss_fn(self.d_train(gs.detach(), ys_hat), self.d_train(gt.detach(), yt_hat), self.d_train(xt, yt_hat))
 
-    def g_update(self, batch: tuple | None = None) -> tuple[dict[str, torch.Tensor], tuple]:
+    def g_update(self, batch: tuple | None = None) -> tuple[dict[str, torch.Tensor], Generated]:
         xs, ys, xt = batch if batch is not None else self.sample()
         set_requires_grad(self.d, False)
         self.g.train()
@@ -267,7 +268,7 @@ class Trainer:
         self.update_ema()
         set_requires_grad(self.d, True)
         parts["g_total"] = total
-        return {k: v.detach() for k, v in parts.items()}, (fakes.gs.detach(), fakes.gt.detach(), xt, fakes.ys_hat, fakes.yt_hat)
+        return {k: v.detach() for k, v in parts.items()}, fakes._replace(gs=fakes.gs.detach(), gt=fakes.gt.detach())
 
     @torch.no_grad()
     def update_ema(self) -> None:
@@ -289,7 +290,7 @@ class Trainer:
             if not a.is_floating_point():
                 a.copy_(b)
 
-    def d_update(self, fakes: tuple | None, next_batch=None) -> torch.Tensor | None:
+    def d_update(self, fakes: Generated | None, next_batch=None) -> torch.Tensor | None:
         floor = self.cfg.train.d_loss_floor
         if floor > 0 and self.last_d_loss < floor:
             self.last_d_loss = math.inf  # re-measure on the next step
