@@ -33,3 +33,28 @@ def test_table_formats_ours_and_paper():
     assert "dtn ablate x" in table
     assert "| full | 91.23 % | 90.66 % |" in table
     assert "uses source labels" in table
+
+
+def test_table_is_rewritten_after_every_row_and_names_the_rows_left(tmp_path, monkeypatch):
+    """An ablation stopped after its first row still leaves that row's result and the rows it did not run."""
+    import json
+
+    import dtn.run
+    from dtn.ablation import run_ablations
+
+    calls = []
+
+    def fake_run(cfg, runs_dir, name, resume=False):
+        calls.append(name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return {"transfer_accuracy": 0.5, "fld": 1.0, "f_consistency": 0.9}
+
+    monkeypatch.setattr(dtn.run, "run_dtn", fake_run)
+    out = tmp_path / "res" / "ablation"
+    with pytest.raises(KeyboardInterrupt):
+        run_ablations(digits(), ["full", "no-tid", "no-gan"], tmp_path / "runs", out, "dtn ablate digits")
+    payload = json.loads(out.with_suffix(".json").read_text())
+    assert list(payload["rows"]) == ["full"] and payload["pending"] == ["no-tid", "no-gan"]
+    table = out.with_suffix(".md").read_text()
+    assert "| full | 50.00 %" in table and "Not yet run: no-tid, no-gan" in table

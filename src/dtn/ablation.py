@@ -109,18 +109,27 @@ def _read_json(path: Path):
 
 
 def run_ablations(base: Config, names: list[str], runs_dir: Path, out_prefix: Path | None, command: str) -> dict:
+    """Run (or resume) each row; with `out_prefix`, the table is rewritten after every row, so an
+    interrupted ablation still leaves the rows it finished (rerunning the command resumes the rest)."""
     from .run import run_dtn
 
     results = {}
     for name in names:
         cfg = ablation_config(base, name)
         results[name] = run_dtn(cfg, runs_dir, cfg.name, resume=(runs_dir / cfg.name / "config.toml").exists())
-    if out_prefix is not None:
-        out_prefix.parent.mkdir(parents=True, exist_ok=True)
-        table = ablation_table(results, command)
-        out_prefix.with_suffix(".md").write_text(table)
-        payload = {"command": command, "rows": {n: {k: v for k, v in r.items() if k != "confusion"}
-                                                for n, r in results.items()},
-                   "paper": {n: ABLATIONS[n].paper for n in results}}
-        out_prefix.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
+        if out_prefix is not None:
+            write_ablation_results(results, out_prefix, command, pending=names[len(results):])
     return results
+
+
+def write_ablation_results(results: dict[str, dict], out_prefix: Path, command: str, pending: list[str]) -> None:
+    """OUT.md (the table, with the rows still to run named under it) and OUT.json."""
+    out_prefix.parent.mkdir(parents=True, exist_ok=True)
+    table = ablation_table(results, command)
+    if pending:
+        table += f"\nNot yet run: {', '.join(pending)} (rerun the command to resume).\n"
+    out_prefix.with_suffix(".md").write_text(table)
+    payload = {"command": command, "rows": {n: {k: v for k, v in r.items() if k != "confusion"}
+                                            for n, r in results.items()},
+               "paper": {n: ABLATIONS[n].paper for n in results}, "pending": pending}
+    out_prefix.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
