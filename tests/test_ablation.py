@@ -58,3 +58,10 @@ def test_table_is_rewritten_after_every_row_and_names_the_rows_left(tmp_path, mo
     assert list(payload["rows"]) == ["full"] and payload["pending"] == ["no-tid", "no-gan"]
     table = out.with_suffix(".md").read_text()
     assert "| full | 50.00 %" in table and "Not yet run: no-tid, no-gan" in table
+
+
+def test_ablate_help_lists_every_row():
+    from dtn.ablation import ablation_rows_help
+
+    text = ablation_rows_help()
+    assert all(name in text for name in ABLATIONS) and "uses source labels" in text

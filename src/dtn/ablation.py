@@ -35,10 +35,23 @@ ABLATIONS: dict[str, Ablation] = {a.name: a for a in (
     # the digits preset's own deviations, one at a time (no-op rows on presets that do not use them)
     Ablation("code-mse", {"loss.const_distance": "mse"}, None, "L_CONST on f's code, not its class distribution"),
     Ablation("unconditional-d", {"nets.d_conditional": "false"}, None, "D not told f's class"),
-    Ablation("no-self-training", {"pretrain.f_self_train": "0"}, None, "f never sees target images"),
+    Ablation("no-const-augment", {"loss.const_augment": "false"}, None, "f reads G(x) as drawn in L_CONST"),
+    Ablation("no-g-ema", {"train.g_ema": "0"}, None, "evaluated from g itself, not its moving average"),
+    Ablation("self-training", {"pretrain.f_self_train": "3"}, None, "f self-trained on target images it labels"),
 )}
 
 PAPER_ROWS = ("full", "no-tid", "no-const", "g-without-f", "no-gan", "no-const-no-tid")
+#: the first row that toggles one of the digits preset's own deviations (the rows after it do too)
+FIRST_DEVIATION_ROW = "code-mse"
+
+
+def ablation_rows_help() -> str:
+    """`dtn ablate --help`: every row, from ABLATIONS itself so the help cannot drift from the rows."""
+    names = list(ABLATIONS)
+    cut = names.index(FIRST_DEVIATION_ROW)
+    label = {n: f"{n} ({ABLATIONS[n].note})" if n == "ce" else n for n in names}
+    return (f"Rows: {', '.join(label[n] for n in names[:cut])}; and the digits preset's own deviations, "
+            f"one at a time: {', '.join(names[cut:])}. The paper's Table 1 rows: {', '.join(PAPER_ROWS)}.")
 
 
 def ablation_config(base: Config, name: str) -> Config:

@@ -284,6 +284,7 @@ def _run_args(r: argparse.ArgumentParser, presets) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .ablation import ablation_rows_help
     from .config import PRESETS
 
     p = argparse.ArgumentParser(prog="dtn", description="Domain Transfer Networks: map images of one domain "
@@ -331,9 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(until="evaluate")
 
     a = sub.add_parser("ablate", help="the paper's Table 1 ablations: one run per row, then a table",
-                       description="Rows: full, no-tid, no-const, g-without-f, no-gan, no-const-no-tid, "
-                       "no-pretraining, cosine, mse+cosine, ce (uses source labels), binary-d, and the digits "
-                       "preset's own deviations one at a time: code-mse, unconditional-d, no-self-training.")
+                       description=ablation_rows_help())
     a.set_defaults(fn=cmd_ablate, name=None, resume=False, dry_run=False)
     a.add_argument("preset", nargs="?", default="digits")
     a.add_argument("--rows", help="comma-separated rows (default: all)")
