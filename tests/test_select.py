@@ -117,6 +117,47 @@ def test_a_good_g_beats_a_broken_g_on_every_signal_and_is_chosen():
         assert rows[choose(rows, rank_average(rows, signals))]["step"] == 1, "the broken g must not win"
 
 
+class ClassBarD(BarD):
+    """A conditional D: real only when the bar of the class it is told is bright."""
+
+    num_conditions = 10
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.told: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor, cls: torch.Tensor | None = None) -> torch.Tensor:
+        if cls is None:
+            raise ValueError("a conditional D needs the class of each image")
+        self.told.append(cls)
+        right = x.mean(dim=(1, 3)).gather(1, (3 * cls + 2)[:, None]).squeeze(1) > 0
+        real = torch.where(right, 4.0, -4.0)
+        return torch.stack([torch.zeros_like(real), torch.zeros_like(real), real], 1)
+
+
+def test_a_conditional_d_is_told_the_class_f_reads_in_x():
+    """The default digits preset trains a conditional D: d_real asks it about G(x) given f's reading of
+    x, as training does (it used to call D without a class and fail)."""
+    labels = torch.arange(100) % 10
+    source, target = bars(labels, 3, seed=1), bars(labels.flip(0), 1, seed=2)
+    d = ClassBarD()
+    good = checkpoint_signals(RowF(), GoodG(), d, source, target, code_dim=ROWS, batch=32)
+    assert torch.equal(torch.cat(d.told), labels)
+    assert good["d_real"] > 0.95
+    bad = checkpoint_signals(RowF(), RandomG(), ClassBarD(), source, target, code_dim=ROWS, batch=32)
+    assert bad["d_real"] < 0.5
+
+
+def test_select_runs_on_a_run_with_a_conditional_d(tmp_path: Path, digit_folders):
+    src, tgt = digit_folders
+    assert main(["--quiet", "run", "tiny", "--runs-dir", str(tmp_path), "--name", "c",
+                 "--set", f"data.source=folder:{src}", "--set", f"data.target=folder:{tgt}",
+                 "--set", "nets.d_conditional=true"]) == 0
+    assert main(["--quiet", "select", str(tmp_path / "c"), "--samples", "20"]) == 0
+    result = json.loads((tmp_path / "c" / "select.json").read_text())
+    assert all(0 <= row["d_real"] <= 1 for row in result["checkpoints"])
+
+
 # --------------------------------------------------------------------------- keep-best
 def test_the_selected_checkpoint_survives_keep_last_pruning(tmp_path: Path):
     cfg = tiny()

@@ -118,11 +118,17 @@ class _SpatialMean(nn.Module):
 def checkpoint_signals(f, g, d, source: torch.Tensor, target: torch.Tensor, code_dim: int,
                        batch: int = 500) -> dict[str, float]:
     """Every signal for one (f, g, D). source, target: float [-1, 1] (N, C, S, S) on the nets' device.
-    D's last logit is "real target" for both the ternary and the binary D (losses.py)."""
+    D's last logit is "real target" for both the ternary and the binary D (losses.py). A conditional D
+    (nets.d_conditional) is told x's class as f reads it, as in training."""
     gx = batched(lambda x: g(f(x)), source, batch)
     mid = mid_features(f)
-    agree = batched(f.classify, source, batch).argmax(1) == batched(f.classify, gx, batch).argmax(1)
-    real = batched(lambda x: d(x).float().softmax(1)[:, -1:], gx, batch)
+    source_class = batched(f.classify, source, batch).argmax(1)
+    agree = source_class == batched(f.classify, gx, batch).argmax(1)
+    if getattr(d, "num_conditions", 0):
+        real = torch.cat([d(gx[i:i + batch], source_class[i:i + batch]).float().softmax(1)[:, -1]
+                          for i in range(0, len(gx), batch)])
+    else:
+        real = batched(lambda x: d(x).float().softmax(1)[:, -1:], gx, batch)
     return {"feature_fd": frechet_distance(mid, mid(target[:1]).shape[1], target, gx, batch),
             "pixel_fd": pixel_fd(target, gx, batch),
             "code_fd": frechet_distance(f, code_dim, target, gx, batch),
