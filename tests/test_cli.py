@@ -150,6 +150,23 @@ def test_evaluate_reports_requested_metrics(tiny_run: Path, capsys):
     assert result["step"] == 4 and "fld" not in result
 
 
+def test_evaluate_takes_a_step_number_or_a_file_and_names_the_steps_it_has(tiny_run: Path, capsys):
+    import json
+
+    def evaluated(checkpoint: str) -> dict:
+        assert main(["--quiet", "evaluate", str(tiny_run), "--metrics", "transfer_accuracy",
+                     "--checkpoint", checkpoint]) == 0
+        out = capsys.readouterr().out
+        return json.loads(out[out.index("{"):])
+
+    by_step = evaluated("2")
+    assert by_step["step"] == 2 and by_step["checkpoint"].endswith("step-000002.safetensors")
+    by_file = evaluated(by_step["checkpoint"])
+    assert by_file["step"] == 2 and by_file["transfer_accuracy"] == by_step["transfer_accuracy"]
+    assert main(["--quiet", "evaluate", str(tiny_run), "--checkpoint", "3"]) == 2
+    assert "has no checkpoint at step 3; it has steps 2, 4" in capsys.readouterr().err
+
+
 def test_evaluate_unknown_metric_lists_valid_ones(tiny_run: Path, capsys):
     assert main(["--quiet", "evaluate", str(tiny_run), "--metrics", "nope"]) == 2
     err = capsys.readouterr().err

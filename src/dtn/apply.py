@@ -140,7 +140,11 @@ class DTN:
 
 
 def _run_checkpoint(run: RunDir, checkpoint: int | str | Path | None) -> tuple[int | None, Path]:
-    """(step, weights file) of a run directory for DTN.load's `checkpoint` argument."""
+    """(step, weights file) of a run directory for a `checkpoint` argument (DTN.load, `dtn evaluate`):
+    None = the latest, a step number (an int, or a string of digits as a command line gives it),
+    "best" = the step `dtn select` chose, or a weights file."""
+    if isinstance(checkpoint, str) and checkpoint.isdigit():
+        checkpoint = int(checkpoint)
     if checkpoint is None or isinstance(checkpoint, int) or checkpoint == "best":
         return run.pick_checkpoint(None if checkpoint == "best" else checkpoint, best=checkpoint == "best")
     path = Path(checkpoint)
@@ -408,11 +412,11 @@ def evaluate_run(run_path: Path, checkpoint: str | None = None, names: tuple[str
     classifier = get_classifier(cfg, domains, torch.device("cpu"))
     trainer = Trainer(cfg, Encoder(cfg.nets), domains.source_train.subset(64), domains.target_train.subset(64),
                       torch.device("cpu"))
-    ckpt = Path(checkpoint) if checkpoint else None
+    _, ckpt = _run_checkpoint(run, checkpoint)
     step = run.load_checkpoint(trainer, ckpt, weights_only=True)
     result = evaluate(trainer, classifier, domains.source_test, domains.target_test, names,
                       source_train=domains.source_train.subset(adaptation_samples, seed=4),
                       judge=get_judge(cfg, domains, torch.device("cpu")))
-    result["checkpoint"] = str(ckpt or run.checkpoints()[-1][1])
+    result["checkpoint"] = str(ckpt)
     result["step"] = step
     return result

@@ -349,7 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="transfer accuracy, f-consistency and FLD of a run's checkpoint")
     e.set_defaults(fn=cmd_evaluate)
     e.add_argument("run", help="run directory")
-    e.add_argument("--checkpoint", help="checkpoint file (default: the latest)")
+    e.add_argument("--checkpoint", help="a step number, best (the step `dtn select` chose) or a weights file "
+                   "(default: the latest)")
     e.add_argument("--metrics", help="comma-separated: transfer_accuracy, f_consistency, fld, source_baseline, "
                    "adaptation_accuracy (paper §5.1: LeNet trained on G(source train) with source labels, "
                    "tested on target test), identity_retrieval (held-out identities, e.g. faces: rank x among "
