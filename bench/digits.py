@@ -62,6 +62,7 @@ def main() -> None:
     out = {
         "command": "python bench/digits.py " + " ".join(sys.argv[1:]),
         "preset": args.preset, "overrides": overrides, "config": to_dict(cfg), "resumed": bool(args.resume),
+        "run": str(run.path),
         "transfer_accuracy": final["transfer_accuracy"], "fld": final.get("fld"),
         "f_consistency": final.get("f_consistency"), "source_baseline_accuracy": final.get("source_baseline_accuracy"),
         "per_class_accuracy": per_class, "confusion": final.get("confusion"),
