@@ -19,6 +19,20 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 _ENV_DATA_DIR = os.environ.get("DTN_DATA_DIR")
 
 
+@pytest.fixture
+def load_bench():
+    """Import a bench/ script by name (bench/ is not a package): load_bench("time_to_90")."""
+    import importlib.util
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(f"dtn_bench_{name}", REPO_ROOT / "bench" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+
+
 def find_real_data_dir() -> Path | None:
     """$DTN_DATA_DIR, else ../shared/datasets next to the repository; None when neither exists."""
     candidates = [Path(_ENV_DATA_DIR).expanduser()] if _ENV_DATA_DIR else []

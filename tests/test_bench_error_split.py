@@ -1,27 +1,16 @@
 """bench/error_split.py: the (f right?, reader right?) split on a case with a known answer, and on a tiny run."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
 
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("dtn_bench_error_split", REPO / "bench" / "error_split.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_split_counts_each_case_per_class_and_names_the_commonest_losses():
-    split = load_bench().error_split
+def test_split_counts_each_case_per_class_and_names_the_commonest_losses(load_bench):
+    split = load_bench("error_split").error_split
     labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
     f_pred = torch.tensor([0, 0, 0, 1, 1, 1, 1, 0])      # f wrong on one 0 and one 1
     reader = torch.tensor([0, 1, 1, 1, 1, 0, 1, 1])      # two 0s read as 1 although f was right; one 1 as 0
@@ -33,8 +22,8 @@ def test_split_counts_each_case_per_class_and_names_the_commonest_losses():
     assert sum(c["count"] for c in out["f_right_reader_wrong_commonest"]) == 3
 
 
-def test_main_on_a_tiny_run_writes_shares_that_add_up(tmp_path, tiny_run_dir, monkeypatch):
-    bench = load_bench()
+def test_main_on_a_tiny_run_writes_shares_that_add_up(tmp_path, tiny_run_dir, monkeypatch, load_bench):
+    bench = load_bench("error_split")
     run = tmp_path / "run"
     shutil.copytree(tiny_run_dir, run)
     out = tmp_path / "split.json"

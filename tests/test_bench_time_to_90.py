@@ -2,25 +2,14 @@
 fresh machine would add when the run loaded its f from the cache."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
-from pathlib import Path
 
 from dtn.rundir import RunDir
 
-REPO = Path(__file__).resolve().parents[1]
 
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("dtn_bench_time_to_90", REPO / "bench" / "time_to_90.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_time_to_goal_counts_setup_and_adds_a_cached_f(tmp_path, tiny_run_dir):
-    bench = load_bench()
+def test_time_to_goal_counts_setup_and_adds_a_cached_f(tmp_path, tiny_run_dir, load_bench):
+    bench = load_bench("time_to_90")
     run_path = tmp_path / "run"
     shutil.copytree(tiny_run_dir, run_path)
     run = RunDir.open(run_path)
