@@ -45,29 +45,23 @@ def error_split(labels: torch.Tensor, f_pred: torch.Tensor, reader_pred: torch.T
 
 @torch.inference_mode()
 def predictions(run_path: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(labels, f's head on x, the evaluation LeNet on G(x)) for the whole source test split."""
+    """(labels, f's head on x, the evaluation LeNet on G(x)) for the whole source test split. f and its
+    head come from the run's latest checkpoint (DTN.load), g is the one the run evaluated."""
     from dtn.apply import DTN
-    from dtn.nets import Encoder, to_float
+    from dtn.metrics import batched
+    from dtn.nets import to_float
     from dtn.run import get_classifier, load_domains
-    from dtn.weights import load_weights
 
     model = DTN.load(run_path, device="cpu")
-    cfg = model.cfg
-    domains = load_domains(cfg)
-    f = Encoder(cfg.nets)
-    load_weights(f, run_path / "f.safetensors")       # with its head, which DTN.load leaves out
-    f.eval()
-    reader = get_classifier(cfg, domains, torch.device("cpu"))
+    domains = load_domains(model.cfg)
+    reader = get_classifier(model.cfg, domains, torch.device("cpu"))
     if reader is None:
-        raise SystemExit(f"{run_path}: the target {cfg.data.target} has no labels, so no evaluation classifier")
+        raise SystemExit(f"{run_path}: the target {model.cfg.data.target} has no labels, so no evaluation classifier")
     reader.eval()
     test = domains.source_test
-    f_pred, r_pred = [], []
-    for i in range(0, len(test.labels), 1000):
-        x = to_float(test.images[i:i + 1000])
-        f_pred.append(f.classify(x).argmax(1))
-        r_pred.append(reader(model.transfer_tensor(x)).argmax(1))
-    return test.labels, torch.cat(f_pred), torch.cat(r_pred)
+    f_pred = batched(lambda u8: model.f.classify(to_float(u8)), test.images, 1000).argmax(1)
+    reader_pred = batched(lambda u8: reader(model.transfer_tensor(to_float(u8))), test.images, 1000).argmax(1)
+    return test.labels, f_pred, reader_pred
 
 
 def main() -> None:
