@@ -72,14 +72,11 @@ SIGNALS = (
     Signal("feature_fd", False, "Fréchet distance of f's mid-level features, G(source test) vs target test"),
     Signal("pixel_fd", False, "Fréchet distance of 8x8 average-pooled pixels, G(source test) vs target test"),
     Signal("code_fd", False, "Fréchet distance of f's codes, G(source test) vs target test"),
-    Signal("class_pixel_fd", False, "mean over f's classes c of the pixel_fd of G(x), f(x) = c, vs targets t, f(t) = c"),
-    Signal("class_feature_fd", False, "mean over f's classes c of the feature_fd of G(x), f(x) = c, vs targets t, f(t) = c"),
     Signal("f_agreement", True, "share of x whose G(x) f's head puts in the class it gives x (no labels)"),
     Signal("d_real", True, "mean probability the checkpoint's D gives 'real target' to G(x)"),
 )
 SIGNAL_NAMES = tuple(s.name for s in SIGNALS)
 DEFAULT_SIGNALS = ("feature_fd", "pixel_fd")
-MIN_CLASS_IMAGES = 20     # per class and side, for the class_* signals (a covariance from fewer is noise)
 
 
 def pick_signals(names: str | list[str] | tuple[str, ...] | None) -> tuple[Signal, ...]:
@@ -132,28 +129,11 @@ def checkpoint_signals(f, g, d, source: torch.Tensor, target: torch.Tensor, code
                           for i in range(0, len(gx), batch)])
     else:
         real = batched(lambda x: d(x).float().softmax(1)[:, -1:], gx, batch)
-    target_class = batched(f.classify, target, batch).argmax(1)
-    mid_dim = mid(target[:1]).shape[1]
-    return {"feature_fd": frechet_distance(mid, mid_dim, target, gx, batch),
+    return {"feature_fd": frechet_distance(mid, mid(target[:1]).shape[1], target, gx, batch),
             "pixel_fd": pixel_fd(target, gx, batch),
-            "class_pixel_fd": per_class_mean(lambda t, g: pixel_fd(t, g, batch), target, target_class, gx,
-                                             source_class),
-            "class_feature_fd": per_class_mean(lambda t, g: frechet_distance(mid, mid_dim, t, g, batch),
-                                               target, target_class, gx, source_class),
             "code_fd": frechet_distance(f, code_dim, target, gx, batch),
             "f_agreement": agree.float().mean().item(),
             "d_real": real.mean().item()}
-
-
-def per_class_mean(distance, target: torch.Tensor, target_class: torch.Tensor, gx: torch.Tensor,
-                   source_class: torch.Tensor, min_images: int = MIN_CLASS_IMAGES) -> float:
-    """The mean over f's classes of distance(targets f puts in c, G(x) for the x f puts in c), over the
-    classes with at least min_images on both sides (NaN if none). No labels: both sides are split by f's
-    own head, which the method already trusts for L_CONST."""
-    values = [distance(target[target_class == c], gx[source_class == c])
-              for c in torch.unique(source_class).tolist()
-              if (source_class == c).sum() >= min_images and (target_class == c).sum() >= min_images]
-    return sum(values) / len(values) if values else math.nan
 
 
 def ranks(values: list[float], higher_is_better: bool) -> list[float]:
