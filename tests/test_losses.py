@@ -233,3 +233,37 @@ def test_const_kl_loss_known_answers():
     assert float(losses.const_kl_loss(p_logits, q_logits)) == pytest.approx(want, rel=1e-5)
     # adding a constant to every logit (the same distribution) changes nothing
     assert float(losses.const_kl_loss(a, a + 3.0)) == pytest.approx(0.0, abs=1e-6)
+
+
+# ----------------------------------------------------------------------------- L_LAYOUT (deviation)
+
+def test_class_layout_loss_by_hand():
+    # class 0: two images, mean (1, 3), target mean (0, 0): squared distance (1 + 9) / 2 = 5; the two
+    # images differ by (2, 2): unbiased variance (2, 2), over n = 2 -> subtract (1 + 1) / 2 = 1 -> 4.
+    # class 1: one image only: not used. class 2: absent.
+    layout = torch.tensor([[0.0, 2.0], [2.0, 4.0], [7.0, 7.0]])
+    classes = torch.tensor([0, 0, 1])
+    means = torch.zeros(3, 2)
+    assert losses.class_layout_loss(layout, classes, means).item() == pytest.approx(4.0)
+
+
+def test_class_layout_loss_is_unbiased_so_it_does_not_reward_identical_drawings():
+    """Its expectation is the squared distance of the class means alone: drawings scattered around the
+    right mean score 0 on average, drawings shifted by 0.5 score 0.25, whatever the batch size."""
+    g = torch.Generator().manual_seed(0)
+    means = torch.zeros(3, 4)
+
+    def average(shift: float) -> float:
+        vals = [losses.class_layout_loss(torch.randn(12, 4, generator=g) + shift,
+                                         torch.randint(0, 3, (12,), generator=g), means).item() for _ in range(3000)]
+        return sum(vals) / len(vals)
+
+    assert abs(average(0.0)) < 0.02
+    assert average(0.5) == pytest.approx(0.25, abs=0.03)
+
+
+def test_class_layout_loss_pulls_each_class_towards_its_own_mean():
+    layout = torch.zeros(4, 2, requires_grad=True)
+    means = torch.tensor([[1.0, 1.0], [-1.0, -1.0]])
+    losses.class_layout_loss(layout, torch.tensor([0, 0, 1, 1]), means).backward()
+    assert (layout.grad[:2] < 0).all() and (layout.grad[2:] > 0).all()

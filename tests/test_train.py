@@ -526,10 +526,10 @@ def _run(trainer: Trainer, steps: int) -> list[dict[str, torch.Tensor]]:
     return [trainer.train_step().values for _ in range(steps)]
 
 
-@pytest.mark.parametrize("ema", [0.0, 0.9])
-def test_exact_resume(tmp_path, ema):
+@pytest.mark.parametrize("ema,layout", [(0.0, 0.0), (0.9, 0.0), (0.0, 5.0)])
+def test_exact_resume(tmp_path, ema, layout):
     cfg = make_cfg(train__steps=6, train__warmup_steps=1, optim__schedule="cosine", train__g_steps=2,
-                   train__d_steps=2, train__g_ema=ema)
+                   train__d_steps=2, train__g_ema=ema, loss__class_layout=layout)
     straight = make_trainer(cfg, seed=0)
     full = _run(straight, 6)
 
@@ -544,6 +544,8 @@ def test_exact_resume(tmp_path, ema):
     torch.manual_seed(1234)  # the fresh trainer starts from different weights and a different RNG
     fresh = make_trainer(cfg, seed=99)
     assert not torch.equal(next(fresh.g.parameters()), next(straight.g.parameters()))
+    if layout:
+        fresh.layouts += 1        # computed from another f: the checkpoint's must replace them
     assert run.load_checkpoint(fresh) == 3
     tail = _run(fresh, 3)
     for step, (a, b) in enumerate(zip(tail, full[3:]), start=4):
@@ -588,6 +590,45 @@ def test_jitter_shifts_within_two_pixels_and_is_seeded():
     assert torch.equal(a, b)
     ys, xs = torch.nonzero(a[-1, 0] > 0.5, as_tuple=True)  # the last image is never blurred
     assert ys.min() >= 1 and ys.max() <= 6 and xs.min() >= 1 and xs.max() <= 6
+
+
+# ----------------------------------------------------------------------------- L_LAYOUT (deviation)
+
+def test_class_layout_off_by_default_and_when_on_it_trains_g_only():
+    off = make_trainer()
+    assert off.layouts is None and "layout" not in off.train_step().values
+    tr = make_trainer(loss__class_layout="10", loss__alpha="0", loss__beta="0", loss__gan="false")
+    assert tr.layouts.shape == (10, 64)     # 10 classes, 1 target channel x 8 x 8
+    f_before, g_before, d_before = snapshot(tr.f), params_snapshot(tr.g), snapshot(tr.d)
+    parts, _ = tr.g_update()
+    assert parts["layout"].item() != 0
+    assert not all_equal(tr.g, g_before), "L_LAYOUT alone trains g"
+    assert all_equal(tr.f, f_before, params_only=False) and all_equal(tr.d, d_before, params_only=False)
+
+
+def test_class_layouts_are_the_mean_target_layout_per_class_f_reads():
+    from dtn.train import class_layouts, layout
+
+    class ReadsBrightness(nn.Module):
+        """f's head: class 1 when the image is bright on average, else class 0 (of 3)."""
+        training = False
+
+        def eval(self):
+            return self
+
+        def train(self, mode=True):
+            return self
+
+        def classify(self, x):
+            m = x.mean(dim=(1, 2, 3))
+            return torch.stack([-m, m, torch.full_like(m, -9.0)], 1)
+
+    images = torch.cat([torch.zeros(3, 1, 16, 16, dtype=torch.uint8), torch.full((2, 1, 16, 16), 255, dtype=torch.uint8)])
+    target = Domain(images, torch.full((5,), -1), "t", "train")
+    means = class_layouts(ReadsBrightness(), target, batch=2)
+    x = images.float() / 127.5 - 1
+    assert torch.allclose(means[0], layout(x[:3]).mean(0)) and torch.allclose(means[1], layout(x[3:]).mean(0))
+    assert torch.allclose(means[2], layout(x).mean(0)), "a class f never reads gets the overall mean"
 
 
 # ----------------------------------------------------------------------------- g_ema (deviation)

@@ -46,6 +46,8 @@ class LossConfig:
                                       # domain's mean and std, f(x) with the source's, f(G(x)) with the target's
     const_augment: bool = False       # L_CONST reads f on a randomly shifted/blurred G(x), so g cannot
                                       # satisfy it with pixel patterns that only fool f (no labels used)
+    class_layout: float = 0.0         # deviation: weight of L_LAYOUT (losses.class_layout_loss): per class f
+                                      # reads, G(x)'s mean 8x8 layout vs the targets' (no labels; 0 = off)
     gan: bool = True                  # False: the "no GAN" ablation
     discriminator: str = "ternary"    # ternary (paper) | binary (deviation)
 

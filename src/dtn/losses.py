@@ -86,6 +86,27 @@ def tv_loss(z: torch.Tensor, power: float = 1.0) -> torch.Tensor:
     return per_pixel.sum(dim=(-2, -1)).mean()
 
 
+def class_layout_loss(layout: torch.Tensor, classes: torch.Tensor, class_means: torch.Tensor) -> torch.Tensor:
+    """L_LAYOUT (a deviation, no labels): for each class c that f reads in at least two images of the
+    batch, the squared distance between the mean coarse layout of G(x) over those x and the mean layout
+    of the targets f reads as c (class_means, fixed), less the batch mean's own sampling variance: an
+    unbiased estimate (linear-kernel MMD) of how far the class's average drawing is from the target's,
+    so it does not reward drawing every image of a class alike. Why: late in training g can draw a whole
+    class in the shape of another target class that f misreads as the first (every 4 as a clean 9); each
+    image still passes D and L_CONST, but the class's average drawing moves far from the targets f puts
+    in that class. layout (N, P) (pooled pixels), classes (N,), class_means (K, P); mean over classes
+    and pixels. Written with one-hot sums, not indexing, so shapes are static (CUDA graphs)."""
+    layout = layout.float()
+    onehot = torch.nn.functional.one_hot(classes, class_means.shape[0]).to(layout.dtype)   # (N, K)
+    counts = onehot.sum(0)                                                                  # (K,)
+    mean = (onehot.t() @ layout) / counts.clamp_min(1)[:, None]
+    sq = onehot.t() @ layout.square()
+    var = (sq - counts[:, None] * mean.square()) / (counts - 1).clamp_min(1)[:, None]       # unbiased
+    per_class = ((mean - class_means.float()).square() - var / counts.clamp_min(1)[:, None]).mean(1)
+    used = (counts >= 2).to(layout.dtype)
+    return (per_class * used).sum() / used.sum().clamp_min(1)
+
+
 def category_loss(logits: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
     """Mean over categories of the cross-entropy of one logit vector per category (an avatar's option
     vector: hair, eyes, ...) against target (N, K), ignoring -1 (a category of another style); a category

@@ -52,6 +52,27 @@ def code_moments(f: Encoder, domain: Domain, n: int = 2048, batch: int = 512) ->
     return torch.stack([codes.mean(0), codes.std(0).clamp_min(1e-6)])
 
 
+def layout(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, S, S) -> (N, C * 8 * 8): the coarse picture L_LAYOUT compares (pixel_fd's features)."""
+    return torch.nn.functional.adaptive_avg_pool2d(x.float(), 8).flatten(1)
+
+
+@torch.no_grad()
+def class_layouts(f: Encoder, target: Domain, batch: int = 1000) -> torch.Tensor:
+    """(K, C * 64): the mean layout of the target images f's head puts in each class (a class f never
+    picks gets the mean of all targets). What L_LAYOUT pulls each class's G(x) towards; no labels."""
+    sums, counts, was_training = None, None, f.training
+    f.eval()                                        # a trainable f reads without its head's dropout
+    for x, _ in target.in_order(batch):
+        logits = f.classify(x)
+        onehot = torch.nn.functional.one_hot(logits.argmax(1), logits.shape[1]).float()
+        part, n = onehot.t() @ layout(x), onehot.sum(0)
+        sums, counts = (part, n) if sums is None else (sums + part, counts + n)
+    f.train(was_training)
+    overall = sums.sum(0) / counts.sum()
+    return torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], overall)
+
+
 def jitter(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Differentiable random shift by up to 2 px (edge padding) and, for half the batch, a 3x3 blur."""
     x = shift_augment(x, generator, edge=True)
@@ -115,6 +136,8 @@ class Trainer:
         # where x sits within its own domain. Rows: source mean, std, target mean, std; fixed at the start.
         self.code_stats = (torch.cat([code_moments(self.f, self.source), code_moments(self.f, self.target)])
                            if cfg.loss.code_scale == "domain" else None)
+        # Deviation (loss.class_layout > 0): each class's target layout, fixed at the start (losses.class_layout_loss).
+        self.layouts = class_layouts(self.f, self.target) if cfg.loss.class_layout else None
         g_params = list(self.g.parameters()) + (list(self.f.parameters()) if self.f_learns else [])
         self.opt_g = self._optimizer(g_params, cfg.optim.lr_g)
         self.opt_d = self._optimizer(self.d.parameters(), cfg.optim.lr_d)
@@ -245,6 +268,11 @@ class Trainer:
         if cfg.gamma:
             parts["tv"] = losses.tv_loss(torch.cat([gs, gt]), cfg.tv_power)
             total = total + cfg.gamma * parts["tv"]
+        if self.layouts is not None:
+            with torch.no_grad():
+                read = self.f_logits(cs).argmax(1)
+            parts["layout"] = losses.class_layout_loss(layout(gs), read, self.layouts)
+            total = total + cfg.class_layout * parts["layout"]
         ys_hat, yt_hat = self.d_conditions(cs, ct)
         if self.gan_active:
             g_loss_fn = losses.ternary_g_loss if cfg.discriminator == "ternary" else losses.binary_g_loss
@@ -373,6 +401,7 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "code_scale": self.code_scale,
             **({"code_stats": self.code_stats.cpu()} if self.code_stats is not None else {}),
+            **({"layouts": self.layouts.cpu()} if self.layouts is not None else {}),
             "last_d_loss": self.last_d_loss,
             "ema_updates": self.ema_updates,
         }
@@ -390,5 +419,7 @@ class Trainer:
         self.code_scale = state["code_scale"]
         if self.code_stats is not None and "code_stats" in state:
             self.code_stats.copy_(state["code_stats"])     # in place: a captured graph reads it
+        if self.layouts is not None and "layouts" in state:
+            self.layouts.copy_(state["layouts"])
         self.last_d_loss = float(state["last_d_loss"])
         self.ema_updates = int(state.get("ema_updates", 0))
