@@ -185,3 +185,10 @@ def test_digits_is_digits_faithful_plus_its_five_named_deviations():
                        "loss.class_layout", "pretrain.f_steps"}
     assert preset("digits").pretrain.f_self_train == 0
     assert (ours["loss.const_distance"][0], ours["nets.d_conditional"][0]) == ("kl", True)
+
+
+@pytest.mark.parametrize("key,value", [("loss.class_layout", "-1"), ("loss.class_layout_grid", "0"),
+                                       ("loss.class_layout_grid", "33")])
+def test_class_layout_settings_out_of_range_are_refused(key, value):
+    with pytest.raises(ConfigError, match="class_layout"):
+        apply_overrides(preset("digits"), {key: value}).validate()

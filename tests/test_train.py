@@ -597,6 +597,7 @@ def test_jitter_shifts_within_two_pixels_and_is_seeded():
 def test_class_layout_off_by_default_and_when_on_it_trains_g_only():
     off = make_trainer()
     assert off.layouts is None and "layout" not in off.train_step().values
+    assert make_trainer(loss__class_layout="10", loss__class_layout_grid="4").layouts.shape == (10, 16)
     tr = make_trainer(loss__class_layout="10", loss__alpha="0", loss__beta="0", loss__gan="false")
     assert tr.layouts.shape == (10, 64)     # 10 classes, 1 target channel x 8 x 8
     f_before, g_before, d_before = snapshot(tr.f), params_snapshot(tr.g), snapshot(tr.d)

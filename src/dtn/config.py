@@ -48,6 +48,7 @@ class LossConfig:
                                       # satisfy it with pixel patterns that only fool f (no labels used)
     class_layout: float = 0.0         # deviation: weight of L_LAYOUT (losses.class_layout_loss): per class f
                                       # reads, G(x)'s mean 8x8 layout vs the targets' (no labels; 0 = off)
+    class_layout_grid: int = 8        # L_LAYOUT pools images to grid x grid before comparing class means
     gan: bool = True                  # False: the "no GAN" ablation
     discriminator: str = "ternary"    # ternary (paper) | binary (deviation)
 
@@ -138,6 +139,8 @@ class Config:
             (self.train.steps >= 0 and self.train.batch_size > 0, "train.steps >= 0 and train.batch_size > 0"),
             (self.train.d_steps >= 0 and self.train.g_steps >= 1, "train.d_steps >= 0 and train.g_steps >= 1"),
             (0.0 <= self.train.g_ema < 1.0, "train.g_ema must be in [0, 1) (0 = off)"),
+            (self.loss.class_layout >= 0 and 1 <= self.loss.class_layout_grid <= self.nets.image_size,
+             "loss.class_layout must be >= 0 and loss.class_layout_grid between 1 and nets.image_size"),
             (self.pretrain.f_self_train >= 0 and (self.pretrain.f_self_train == 0 or self.pretrain.f_head == "softmax"),
              "pretrain.f_self_train needs f_head softmax: f labels target images with its own classes"),
             (not self.loss.const_distance.endswith("kl") or self.pretrain.f_head == "softmax",

@@ -52,21 +52,21 @@ def code_moments(f: Encoder, domain: Domain, n: int = 2048, batch: int = 512) ->
     return torch.stack([codes.mean(0), codes.std(0).clamp_min(1e-6)])
 
 
-def layout(x: torch.Tensor) -> torch.Tensor:
-    """(N, C, S, S) -> (N, C * 8 * 8): the coarse picture L_LAYOUT compares (pixel_fd's features)."""
-    return torch.nn.functional.adaptive_avg_pool2d(x.float(), 8).flatten(1)
+def layout(x: torch.Tensor, grid: int = 8) -> torch.Tensor:
+    """(N, C, S, S) -> (N, C * grid * grid): the coarse picture L_LAYOUT compares (at 8, pixel_fd's features)."""
+    return torch.nn.functional.adaptive_avg_pool2d(x.float(), grid).flatten(1)
 
 
 @torch.no_grad()
-def class_layouts(f: Encoder, target: Domain, batch: int = 1000) -> torch.Tensor:
-    """(K, C * 64): the mean layout of the target images f's head puts in each class (a class f never
+def class_layouts(f: Encoder, target: Domain, grid: int = 8, batch: int = 1000) -> torch.Tensor:
+    """(K, C * grid * grid): the mean layout of the target images f's head puts in each class (a class f never
     picks gets the mean of all targets). What L_LAYOUT pulls each class's G(x) towards; no labels."""
     sums, counts, was_training = None, None, f.training
     f.eval()                                        # a trainable f reads without its head's dropout
     for x, _ in target.in_order(batch):
         logits = f.classify(x)
         onehot = torch.nn.functional.one_hot(logits.argmax(1), logits.shape[1]).float()
-        part, n = onehot.t() @ layout(x), onehot.sum(0)
+        part, n = onehot.t() @ layout(x, grid), onehot.sum(0)
         sums, counts = (part, n) if sums is None else (sums + part, counts + n)
     f.train(was_training)
     overall = sums.sum(0) / counts.sum()
@@ -137,7 +137,8 @@ class Trainer:
         self.code_stats = (torch.cat([code_moments(self.f, self.source), code_moments(self.f, self.target)])
                            if cfg.loss.code_scale == "domain" else None)
         # Deviation (loss.class_layout > 0): each class's target layout, fixed at the start (losses.class_layout_loss).
-        self.layouts = class_layouts(self.f, self.target) if cfg.loss.class_layout else None
+        self.layouts = (class_layouts(self.f, self.target, cfg.loss.class_layout_grid)
+                        if cfg.loss.class_layout else None)
         g_params = list(self.g.parameters()) + (list(self.f.parameters()) if self.f_learns else [])
         self.opt_g = self._optimizer(g_params, cfg.optim.lr_g)
         self.opt_d = self._optimizer(self.d.parameters(), cfg.optim.lr_d)
@@ -271,7 +272,7 @@ class Trainer:
         if self.layouts is not None:
             with torch.no_grad():
                 read = self.f_logits(cs).argmax(1)
-            parts["layout"] = losses.class_layout_loss(layout(gs), read, self.layouts)
+            parts["layout"] = losses.class_layout_loss(layout(gs, cfg.class_layout_grid), read, self.layouts)
             total = total + cfg.class_layout * parts["layout"]
         ys_hat, yt_hat = self.d_conditions(cs, ct)
         if self.gan_active:
