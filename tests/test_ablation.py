@@ -65,3 +65,26 @@ def test_ablate_help_lists_every_row():
 
     text = ablation_rows_help()
     assert all(name in text for name in ABLATIONS) and "uses source labels" in text
+
+
+def test_a_row_trained_with_another_config_is_not_resumed(tmp_path, monkeypatch):
+    """After the preset changes, `dtn ablate` with the old --runs-dir must not finish (or re-evaluate) the
+    old model under the new name: it stops and names what differs. Where it runs may change."""
+    import dtn.run
+    from dtn.ablation import run_ablations
+    from dtn.config import apply_overrides
+    from dtn.errors import RunError
+    from dtn.rundir import RunDir
+
+    calls = []
+    monkeypatch.setattr(dtn.run, "run_dtn", lambda cfg, runs_dir, name, resume=False: calls.append((name, resume))
+                        or {"transfer_accuracy": 0.5, "fld": 1.0, "f_consistency": 0.9})
+    old = apply_overrides(ablation_config(digits(), "full"), {"loss.class_layout": "0", "train.threads": "1"})
+    RunDir.create(tmp_path / "runs" / "digits-full", old)
+    with pytest.raises(RunError, match=r"loss.class_layout 0.0 there, 30.0 now"):
+        run_ablations(digits(), ["full"], tmp_path / "runs", None, "dtn ablate digits")
+    assert calls == []
+    RunDir.create(tmp_path / "again" / "digits-full", apply_overrides(ablation_config(digits(), "full"),
+                                                                      {"train.threads": "1"}))
+    run_ablations(apply_overrides(digits(), {"train.threads": "2"}), ["full"], tmp_path / "again", None, "x")
+    assert calls == [("digits-full", True)]

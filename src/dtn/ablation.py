@@ -9,7 +9,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Config, apply_overrides
+from .config import Config, apply_overrides, diff_configs
+from .errors import ConfigError, RunError
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,6 @@ def ablation_rows_help() -> str:
 
 
 def ablation_config(base: Config, name: str) -> Config:
-    from .errors import ConfigError
 
     if name not in ABLATIONS:
         raise ConfigError(f"unknown ablation {name!r}; valid: {', '.join(ABLATIONS)}")
@@ -115,12 +115,29 @@ def _known_rows(rows: dict) -> dict[str, dict]:
 
 
 def _read_json(path: Path):
-    from .errors import RunError
 
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise RunError(f"{path}: unreadable ablation results ({exc})") from None
+
+
+#: settings a resumed row may change: where and how fast it runs, and how often it keeps checkpoints
+RESUMABLE_CHANGES = frozenset({"train.threads", "train.device", "data.data_dir", "train.ckpt_every", "train.keep_last"})
+
+
+def check_same_config(run_path: Path, cfg: Config) -> None:
+    """A row found in --runs-dir is resumed only if it was trained with this row's config: after a preset
+    changes, resuming would silently finish (or re-evaluate) the old model under the new name."""
+    from .rundir import RunDir
+
+    stored = RunDir.open(run_path).config()
+    changed = {k: v for k, v in diff_configs(stored, cfg).items()
+               if k not in RESUMABLE_CHANGES and not (k.startswith("nets.") and v[1] == 0)}   # 0: filled from data
+    if changed:
+        listed = ", ".join(f"{k} {old!r} there, {new!r} now" for k, (old, new) in sorted(changed.items()))
+        raise RunError(f"{run_path} was trained with another config ({listed}); choose another --runs-dir "
+                       f"or remove it to train this row again")
 
 
 def run_ablations(base: Config, names: list[str], runs_dir: Path, out_prefix: Path | None, command: str) -> dict:
@@ -131,7 +148,10 @@ def run_ablations(base: Config, names: list[str], runs_dir: Path, out_prefix: Pa
     results = {}
     for name in names:
         cfg = ablation_config(base, name)
-        results[name] = run_dtn(cfg, runs_dir, cfg.name, resume=(runs_dir / cfg.name / "config.toml").exists())
+        resume = (runs_dir / cfg.name / "config.toml").exists()
+        if resume:
+            check_same_config(runs_dir / cfg.name, cfg)
+        results[name] = run_dtn(cfg, runs_dir, cfg.name, resume=resume)
         if out_prefix is not None:
             write_ablation_results(results, out_prefix, command, pending=names[len(results):])
     return results

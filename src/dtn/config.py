@@ -362,12 +362,17 @@ def load_toml(path: Path, base: Config | None = None) -> Config:
     return from_dict(data, base)
 
 
-def diff_from_default(cfg: Config) -> dict[str, tuple[Any, Any]]:
-    """{"section.key": (value, default)} for every value that differs from Config()'s."""
-    default, out = to_dict(Config()), {}
+def diff_configs(cfg: Config, other: Config) -> dict[str, tuple[Any, Any]]:
+    """{"section.key": (cfg's value, other's value)} for every value that differs."""
+    theirs, out = to_dict(other), {}
     for section, values in to_dict(cfg).items():
         if isinstance(values, dict):
             for k, v in values.items():
-                if default[section][k] != v:
-                    out[f"{section}.{k}"] = (v, default[section][k])
+                if theirs[section][k] != v:
+                    out[f"{section}.{k}"] = (v, theirs[section][k])
     return out
+
+
+def diff_from_default(cfg: Config) -> dict[str, tuple[Any, Any]]:
+    """{"section.key": (value, default)} for every value that differs from Config()'s."""
+    return diff_configs(cfg, Config())
