@@ -13,6 +13,7 @@ from torch import nn
 from dtn import losses
 from dtn.config import apply_overrides, preset
 from dtn.domain import Domain
+from dtn.errors import ConfigError
 from dtn.nets import Encoder, init_weights
 from dtn.rundir import RunDir
 from dtn.train import Trainer, code_rms
@@ -630,6 +631,45 @@ def test_class_layouts_are_the_mean_target_layout_per_class_f_reads():
     x = images.float() / 127.5 - 1
     assert torch.allclose(means[0], layout(x[:3]).mean(0)) and torch.allclose(means[1], layout(x[3:]).mean(0))
     assert torch.allclose(means[2], layout(x).mean(0)), "a class f never reads gets the overall mean"
+
+
+# ----------------------------------------------------------------------------- confident targets (deviation)
+
+class ReadsBrightnessSharply(nn.Module):
+    """f's head: class 1 for bright images, class 0 for dark ones, sure in proportion to how far the
+    mean brightness is from grey."""
+    training = False
+
+    def eval(self):
+        return self
+
+    def train(self, mode=True):
+        return self
+
+    def classify(self, x):
+        m = 20 * x.mean(dim=(1, 2, 3))
+        return torch.stack([-m, m], 1)
+
+
+def test_confident_targets_keeps_the_images_f_reads_surely():
+    from dtn.train import confident_targets
+
+    levels = torch.tensor([0, 10, 124, 128, 131, 250], dtype=torch.uint8)   # grey (~127.5) is unsure
+    target = Domain(levels.view(-1, 1, 1, 1).expand(-1, 1, 4, 4).contiguous(), torch.arange(6), "t", "train")
+    kept = confident_targets(ReadsBrightnessSharply(), target, 0.9, batch=4)
+    assert kept.labels.tolist() == [0, 1, 5] and kept.images.shape == (3, 1, 4, 4)
+    with pytest.raises(ConfigError, match="target_min_confidence"):
+        confident_targets(ReadsBrightnessSharply(), Domain(target.images[2:5], target.labels[2:5], "t", "train"), 0.9)
+
+
+def test_target_min_confidence_off_by_default_and_on_it_trains_on_fewer_targets():
+    assert len(make_trainer().target) == 24
+    f = make_f(make_cfg())
+    with torch.no_grad():
+        f.head[-1].weight.mul_(3000)      # a random f reads every image alike: spread its confidence
+    tr = make_trainer(f=f, train__target_min_confidence="0.4")
+    assert 0 < len(tr.target) < 24
+    tr.train_step()
 
 
 # ----------------------------------------------------------------------------- g_ema (deviation)

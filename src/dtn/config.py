@@ -76,6 +76,8 @@ class TrainConfig:
     f_mode: str = "pretrained"        # pretrained (paper, frozen) | random (frozen, no pretraining)
                                       # | joint (G without f: f trained with g from scratch)
     f_trainable: bool = False         # deviation: L_CONST also updates a pretrained f
+    target_min_confidence: float = 0.0  # deviation: train only on the target images f's head reads with at
+                                      # least this softmax confidence (no labels; 0 = all; train.confident_targets)
     g_ema: float = 0.0                # deviation: evaluate, checkpoint-select and export an exponential
                                       # moving average of g's weights (decay per G update; 0 = off)
     seed: int = 0
@@ -139,6 +141,7 @@ class Config:
             (self.train.steps >= 0 and self.train.batch_size > 0, "train.steps >= 0 and train.batch_size > 0"),
             (self.train.d_steps >= 0 and self.train.g_steps >= 1, "train.d_steps >= 0 and train.g_steps >= 1"),
             (0.0 <= self.train.g_ema < 1.0, "train.g_ema must be in [0, 1) (0 = off)"),
+            (0.0 <= self.train.target_min_confidence < 1.0, "train.target_min_confidence must be in [0, 1) (0 = off)"),
             (self.loss.class_layout >= 0 and 1 <= self.loss.class_layout_grid <= self.nets.image_size,
              "loss.class_layout must be >= 0 and loss.class_layout_grid between 1 and nets.image_size"),
             (self.pretrain.f_self_train >= 0 and (self.pretrain.f_self_train == 0 or self.pretrain.f_head == "softmax"),

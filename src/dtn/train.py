@@ -19,6 +19,7 @@ from torch import nn
 from . import cuda_graph, losses
 from .config import Config
 from .domain import Domain
+from .errors import ConfigError
 from .nets import Discriminator, Encoder, Generator, init_weights
 from .pretrain import shift_augment
 
@@ -73,6 +74,25 @@ def class_layouts(f: Encoder, target: Domain, grid: int = 8, batch: int = 1000) 
     return torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], overall)
 
 
+@torch.no_grad()
+def confident_targets(f: Encoder, target: Domain, min_confidence: float, batch: int = 1000) -> Domain:
+    """The target images whose class f's head reads with at least `min_confidence` (softmax). Why: a
+    conditional D and L_LAYOUT learn what a real "4" is from the targets f reads as 4, and f, trained on
+    the source only, reads 11 % of the MNIST images it calls 1 wrongly (2s and 7s); g may then draw 1s as
+    2s. f's confident readings are far purer (measured: 98.4 % right at 0.99 on MNIST test, keeping 69 %).
+    No labels."""
+    was_training = f.training
+    f.eval()
+    keep = torch.cat([f.classify(x).float().softmax(1).amax(1) >= min_confidence for x, _ in target.in_order(batch)])
+    f.train(was_training)
+    if not keep.any():
+        raise ConfigError(f"train.target_min_confidence={min_confidence}: f reads none of the {len(target):,} "
+                          f"{target.name} images that confidently; lower it")
+    idx = keep.nonzero().squeeze(1)
+    return Domain(target.images.index_select(0, idx), target.labels.index_select(0, idx.to(target.labels.device)),
+                  target.name, target.split, target.balanced)
+
+
 def jitter(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Differentiable random shift by up to 2 px (edge padding) and, for half the batch, a 3x3 blur."""
     x = shift_augment(x, generator, edge=True)
@@ -121,6 +141,9 @@ class Trainer:
         self.f_learns = cfg.train.f_mode == "joint" or cfg.train.f_trainable
         set_requires_grad(self.f, self.f_learns)
         self.f.train(self.f_learns)
+        # Deviation (train.target_min_confidence > 0): train on the targets f reads confidently (confident_targets).
+        if cfg.train.target_min_confidence > 0:
+            self.target = confident_targets(self.f, self.target, cfg.train.target_min_confidence)
         self.memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
         for m in (self.f, self.g, self.d):
             m.to(memory_format=self.memory_format)
