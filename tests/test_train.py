@@ -593,7 +593,27 @@ def test_jitter_shifts_within_two_pixels_and_is_seeded():
     assert ys.min() >= 1 and ys.max() <= 6 and xs.min() >= 1 and xs.max() <= 6
 
 
-# ----------------------------------------------------------------------------- L_LAYOUT (deviation)
+# ----------------------------------------------------------------------------- L_LAYOUT and confident targets
+
+class ReadsBrightness(nn.Module):
+    """A stand-in for f's head: class 1 for bright images, class 0 for dark ones, the surer the further
+    the mean brightness is from grey (times `sharpness`); classes beyond 2 are never read."""
+    training = False
+
+    def __init__(self, sharpness: float = 1.0, classes: int = 2) -> None:
+        super().__init__()
+        self.sharpness, self.classes = sharpness, classes
+
+    def eval(self):
+        return self
+
+    def train(self, mode=True):
+        return self
+
+    def classify(self, x):
+        m = self.sharpness * x.mean(dim=(1, 2, 3))
+        return torch.stack([-m, m] + [torch.full_like(m, -9.0)] * (self.classes - 2), 1)
+
 
 def test_class_layout_off_by_default_and_when_on_it_trains_g_only():
     off = make_trainer()
@@ -611,44 +631,12 @@ def test_class_layout_off_by_default_and_when_on_it_trains_g_only():
 def test_class_layouts_are_the_mean_target_layout_per_class_f_reads():
     from dtn.train import class_layouts, layout
 
-    class ReadsBrightness(nn.Module):
-        """f's head: class 1 when the image is bright on average, else class 0 (of 3)."""
-        training = False
-
-        def eval(self):
-            return self
-
-        def train(self, mode=True):
-            return self
-
-        def classify(self, x):
-            m = x.mean(dim=(1, 2, 3))
-            return torch.stack([-m, m, torch.full_like(m, -9.0)], 1)
-
     images = torch.cat([torch.zeros(3, 1, 16, 16, dtype=torch.uint8), torch.full((2, 1, 16, 16), 255, dtype=torch.uint8)])
     target = Domain(images, torch.full((5,), -1), "t", "train")
-    means = class_layouts(ReadsBrightness(), target, batch=2)
+    means = class_layouts(ReadsBrightness(classes=3), target, batch=2)
     x = images.float() / 127.5 - 1
     assert torch.allclose(means[0], layout(x[:3]).mean(0)) and torch.allclose(means[1], layout(x[3:]).mean(0))
     assert torch.allclose(means[2], layout(x).mean(0)), "a class f never reads gets the overall mean"
-
-
-# ----------------------------------------------------------------------------- confident targets (deviation)
-
-class ReadsBrightnessSharply(nn.Module):
-    """f's head: class 1 for bright images, class 0 for dark ones, sure in proportion to how far the
-    mean brightness is from grey."""
-    training = False
-
-    def eval(self):
-        return self
-
-    def train(self, mode=True):
-        return self
-
-    def classify(self, x):
-        m = 20 * x.mean(dim=(1, 2, 3))
-        return torch.stack([-m, m], 1)
 
 
 def test_confident_targets_keeps_the_images_f_reads_surely():
@@ -656,10 +644,10 @@ def test_confident_targets_keeps_the_images_f_reads_surely():
 
     levels = torch.tensor([0, 10, 124, 128, 131, 250], dtype=torch.uint8)   # grey (~127.5) is unsure
     target = Domain(levels.view(-1, 1, 1, 1).expand(-1, 1, 4, 4).contiguous(), torch.arange(6), "t", "train")
-    kept = confident_targets(ReadsBrightnessSharply(), target, 0.9, batch=4)
+    kept = confident_targets(ReadsBrightness(sharpness=20), target, 0.9, batch=4)
     assert kept.labels.tolist() == [0, 1, 5] and kept.images.shape == (3, 1, 4, 4)
     with pytest.raises(ConfigError, match="target_min_confidence"):
-        confident_targets(ReadsBrightnessSharply(), Domain(target.images[2:5], target.labels[2:5], "t", "train"), 0.9)
+        confident_targets(ReadsBrightness(sharpness=20), Domain(target.images[2:5], target.labels[2:5], "t", "train"), 0.9)
 
 
 def test_target_min_confidence_off_by_default_and_on_it_trains_on_fewer_targets():
