@@ -108,3 +108,12 @@ def test_too_little_disk_space_fails_before_training(folders, tmp_path, monkeypa
     with pytest.raises(RunError, match="not enough free disk space"):
         run_dtn(_cfg(folders), tmp_path, "r")
     assert RunDir(tmp_path / "r").checkpoints() == []
+
+
+def test_a_run_says_how_many_targets_it_trains_on_with_target_min_confidence(folders, tmp_path, capsys):
+    """With 10 classes every softmax peak is >= 0.1, so 0.1 keeps them all: the line names both counts."""
+    cfg = _cfg(folders, **{"train.steps": "2", "train.target_min_confidence": "0.1"})
+    run_dtn(cfg, tmp_path, "r", until="train")
+    out = capsys.readouterr().out
+    n = len(list((Path(folders[1]) / "train").rglob("*.png")))
+    assert f"training on the {n:,} of {n:,}" in out and "confidence >= 0.1" in out

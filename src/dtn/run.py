@@ -480,6 +480,9 @@ def _run_dtn(cfg: Config, path: Path, resume: bool, until: str, tensorboard: boo
     # checkpoint, or `dtn pretrain` then `dtn train`, would not reproduce one uninterrupted run).
     torch.manual_seed(cfg.train.seed)
     trainer = prepare(Trainer(cfg, f, domains.source_train, domains.target_train, device), dist)
+    if cfg.train.target_min_confidence:
+        LOG(f"training on the {len(trainer.target):,} of {len(domains.target_train):,} {cfg.data.target} train images f reads "
+            f"with confidence >= {cfg.train.target_min_confidence} (train.target_min_confidence)")
     if dist.is_main:
         run.check_space(checkpoint_bytes(trainer) * (cfg.train.keep_last + 1) + 50 * 2**20)
     if resume and run.checkpoints():
