@@ -1,8 +1,10 @@
 """The DTN losses (DESIGN.md §1), each a small pure function of tensors.
 
 Names follow the paper: L_D (ternary_d_loss), L_GANG (ternary_g_loss), L_CONST (const_loss),
-L_TID (tid_loss), L_TV (tv_loss); margin_logits shapes f's pretraining (CosFace/ArcFace). Means over the batch replace the paper's sums: the weights
-alpha, beta, gamma absorb the scale.
+L_TID (tid_loss), L_TV (tv_loss). Not in the paper (deviations, off by default): L_LAYOUT
+(class_layout_loss, against late class drift), and margin_logits, which shapes f's pretraining
+(CosFace/ArcFace). Means over the batch replace the paper's sums: the weights alpha, beta, gamma absorb
+the scale.
 
 Ternary D classes (0-based here): 0 = G(x), x in s;  1 = G(x), x in t;  2 = x in t (real).
 Binary D (a deviation, off by default): 0 = fake (any G(x)), 1 = real.
