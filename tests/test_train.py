@@ -629,14 +629,15 @@ def test_class_layout_off_by_default_and_when_on_it_trains_g_only():
 
 
 def test_class_layouts_are_the_mean_target_layout_per_class_f_reads():
-    from dtn.train import class_layouts, layout
+    from dtn.metrics.pixel_fd import pooled_pixels
+    from dtn.train import class_layouts
 
     images = torch.cat([torch.zeros(3, 1, 16, 16, dtype=torch.uint8), torch.full((2, 1, 16, 16), 255, dtype=torch.uint8)])
     target = Domain(images, torch.full((5,), -1), "t", "train")
     means = class_layouts(ReadsBrightness(classes=3), target, batch=2)
     x = images.float() / 127.5 - 1
-    assert torch.allclose(means[0], layout(x[:3]).mean(0)) and torch.allclose(means[1], layout(x[3:]).mean(0))
-    assert torch.allclose(means[2], layout(x).mean(0)), "a class f never reads gets the overall mean"
+    assert torch.allclose(means[0], pooled_pixels(x[:3]).mean(0)) and torch.allclose(means[1], pooled_pixels(x[3:]).mean(0))
+    assert torch.allclose(means[2], pooled_pixels(x).mean(0)), "a class f never reads gets the overall mean"
 
 
 def test_confident_targets_keeps_the_images_f_reads_surely():

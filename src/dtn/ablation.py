@@ -58,7 +58,6 @@ def ablation_rows_help() -> str:
 
 
 def ablation_config(base: Config, name: str) -> Config:
-
     if name not in ABLATIONS:
         raise ConfigError(f"unknown ablation {name!r}; valid: {', '.join(ABLATIONS)}")
     return apply_overrides(base, {**ABLATIONS[name].overrides, "name": f"{base.name}-{name}"})
@@ -115,7 +114,6 @@ def _known_rows(rows: dict) -> dict[str, dict]:
 
 
 def _read_json(path: Path):
-
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:

@@ -20,6 +20,7 @@ from . import cuda_graph, losses
 from .config import Config
 from .domain import Domain
 from .errors import ConfigError
+from .metrics.pixel_fd import pooled_pixels
 from .nets import Discriminator, Encoder, Generator, init_weights
 from .pretrain import shift_augment
 
@@ -53,23 +54,27 @@ def code_moments(f: Encoder, domain: Domain, n: int = 2048, batch: int = 512) ->
     return torch.stack([codes.mean(0), codes.std(0).clamp_min(1e-6)])
 
 
-def layout(x: torch.Tensor, grid: int = 8) -> torch.Tensor:
-    """(N, C, S, S) -> (N, C * grid * grid): the coarse picture L_LAYOUT compares (at 8, pixel_fd's features)."""
-    return torch.nn.functional.adaptive_avg_pool2d(x.float(), grid).flatten(1)
+def read_targets(f: Encoder, target: Domain, batch: int = 1000):
+    """(images, f's class logits) for every target image once, in order. f reads in eval mode (a
+    trainable f without its head's dropout) and is put back as it was."""
+    was_training = f.training
+    f.eval()
+    try:
+        for x, _ in target.in_order(batch):
+            yield x, f.classify(x)
+    finally:
+        f.train(was_training)
 
 
 @torch.no_grad()
 def class_layouts(f: Encoder, target: Domain, grid: int = 8, batch: int = 1000) -> torch.Tensor:
     """(K, C * grid * grid): the mean layout of the target images f's head puts in each class (a class f never
     picks gets the mean of all targets). What L_LAYOUT pulls each class's G(x) towards; no labels."""
-    sums, counts, was_training = None, None, f.training
-    f.eval()                                        # a trainable f reads without its head's dropout
-    for x, _ in target.in_order(batch):
-        logits = f.classify(x)
+    sums, counts = None, None
+    for x, logits in read_targets(f, target, batch):
         onehot = torch.nn.functional.one_hot(logits.argmax(1), logits.shape[1]).float()
-        part, n = onehot.t() @ layout(x, grid), onehot.sum(0)
+        part, n = onehot.t() @ pooled_pixels(x, grid), onehot.sum(0)
         sums, counts = (part, n) if sums is None else (sums + part, counts + n)
-    f.train(was_training)
     overall = sums.sum(0) / counts.sum()
     return torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], overall)
 
@@ -81,10 +86,8 @@ def confident_targets(f: Encoder, target: Domain, min_confidence: float, batch: 
     the source only, reads 11 % of the MNIST images it calls 1 wrongly (2s and 7s); g may then draw 1s as
     2s. f's confident readings are far purer (measured: 98.4 % right at 0.99 on MNIST test, keeping 69 %).
     No labels."""
-    was_training = f.training
-    f.eval()
-    keep = torch.cat([f.classify(x).float().softmax(1).amax(1) >= min_confidence for x, _ in target.in_order(batch)])
-    f.train(was_training)
+    keep = torch.cat([logits.float().softmax(1).amax(1) >= min_confidence
+                      for _, logits in read_targets(f, target, batch)])
     if not keep.any():
         raise ConfigError(f"train.target_min_confidence={min_confidence}: f reads none of the {len(target):,} "
                           f"{target.name} images that confidently; lower it")
@@ -292,12 +295,12 @@ class Trainer:
         if cfg.gamma:
             parts["tv"] = losses.tv_loss(torch.cat([gs, gt]), cfg.tv_power)
             total = total + cfg.gamma * parts["tv"]
-        if self.layouts is not None:
-            with torch.no_grad():
-                read = self.f_logits(cs).argmax(1)
-            parts["layout"] = losses.class_layout_loss(layout(gs, cfg.class_layout_grid), read, self.layouts)
-            total = total + cfg.class_layout * parts["layout"]
         ys_hat, yt_hat = self.d_conditions(cs, ct)
+        if self.layouts is not None:
+            with torch.no_grad():     # the class f reads in x: a conditional D was just told it
+                read = ys_hat if ys_hat is not None else self.f_logits(cs).argmax(1)
+            parts["layout"] = losses.class_layout_loss(pooled_pixels(gs, cfg.class_layout_grid), read, self.layouts)
+            total = total + cfg.class_layout * parts["layout"]
         if self.gan_active:
             g_loss_fn = losses.ternary_g_loss if cfg.discriminator == "ternary" else losses.binary_g_loss
             parts["gang"] = g_loss_fn(self.d(gs, ys_hat), self.d(gt, yt_hat))

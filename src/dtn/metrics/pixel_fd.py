@@ -19,9 +19,9 @@ from .fld import frechet_distance
 GRID = 8
 
 
-def pooled_pixels(x: torch.Tensor) -> torch.Tensor:
-    """(N, C, S, S) -> (N, C * 8 * 8): the picture's coarse layout and colour."""
-    return F.adaptive_avg_pool2d(x.float(), GRID).flatten(1)
+def pooled_pixels(x: torch.Tensor, grid: int = GRID) -> torch.Tensor:
+    """(N, C, S, S) -> (N, C * grid * grid): the picture's coarse layout and colour (also what L_LAYOUT compares)."""
+    return F.adaptive_avg_pool2d(x.float(), grid).flatten(1)
 
 
 def pixel_fd(real: torch.Tensor, fake: torch.Tensor, batch: int = 500) -> float:
