@@ -88,3 +88,23 @@ def test_a_row_trained_with_another_config_is_not_resumed(tmp_path, monkeypatch)
                                                                       {"train.threads": "1"}))
     run_ablations(apply_overrides(digits(), {"train.threads": "2"}), ["full"], tmp_path / "again", None, "x")
     assert calls == [("digits-full", True)]
+
+
+def test_a_finished_row_is_reused_not_evaluated_again(tmp_path, monkeypatch):
+    """Resuming an ablation trains only the rows left: a row whose run is done at the row's step count
+    keeps its results.json; an unfinished one, or one finished at another step count, runs again."""
+    import dtn.run
+    from dtn.ablation import run_ablations
+    from dtn.rundir import RunDir
+
+    calls = []
+    monkeypatch.setattr(dtn.run, "run_dtn", lambda cfg, runs_dir, name, resume=False: calls.append((name, resume))
+                        or {"transfer_accuracy": 0.5, "fld": 1.0, "f_consistency": 0.9})
+    runs = tmp_path / "runs"
+    for row, status, steps in (("full", "done", 1000), ("no-tid", "training", 1000), ("no-gan", "done", 400)):
+        run = RunDir.create(runs / f"digits-{row}", ablation_config(digits(), row))
+        run.write_json("results.json", {"transfer_accuracy": 0.9, "fld": 2.0, "f_consistency": 0.8, "steps": steps})
+        run.set_status(status)
+    results = run_ablations(digits(), ["full", "no-tid", "no-gan"], runs, None, "x")
+    assert calls == [("digits-no-tid", True), ("digits-no-gan", True)]
+    assert results["full"]["transfer_accuracy"] == 0.9 and results["no-tid"]["transfer_accuracy"] == 0.5

@@ -138,10 +138,20 @@ def check_same_config(run_path: Path, cfg: Config) -> None:
                        f"or remove it to train this row again")
 
 
+def finished_results(run_path: Path, cfg: Config) -> dict | None:
+    """A row that already ran to the end: its results, so that resuming an ablation trains only the rows
+    left instead of re-evaluating every finished one (minutes each on a CPU)."""
+    meta, results_path = _read_json(run_path / "run.json"), run_path / "results.json"
+    if not isinstance(meta, dict) or meta.get("status") != "done" or not results_path.is_file():
+        return None
+    results = _read_json(results_path)
+    return results if isinstance(results, dict) and results.get("steps") == cfg.train.steps else None
+
+
 def run_ablations(base: Config, names: list[str], runs_dir: Path, out_prefix: Path | None, command: str) -> dict:
     """Run (or resume) each row; with `out_prefix`, the table is rewritten after every row, so an
     interrupted ablation still leaves the rows it finished (rerunning the command resumes the rest)."""
-    from .run import run_dtn
+    from .run import LOG, run_dtn
 
     results = {}
     for name in names:
@@ -149,7 +159,10 @@ def run_ablations(base: Config, names: list[str], runs_dir: Path, out_prefix: Pa
         resume = (runs_dir / cfg.name / "config.toml").exists()
         if resume:
             check_same_config(runs_dir / cfg.name, cfg)
-        results[name] = run_dtn(cfg, runs_dir, cfg.name, resume=resume)
+        finished = finished_results(runs_dir / cfg.name, cfg) if resume else None
+        if finished is not None:
+            LOG(f"{runs_dir / cfg.name}: finished at step {cfg.train.steps}, its results.json is reused")
+        results[name] = finished if finished is not None else run_dtn(cfg, runs_dir, cfg.name, resume=resume)
         if out_prefix is not None:
             write_ablation_results(results, out_prefix, command, pending=names[len(results):])
     return results
