@@ -102,3 +102,29 @@ def tiny_run_dir(tmp_path_factory: pytest.TempPathFactory, digit_folders, sessio
         assert main(["--quiet", "run", "tiny", "--runs-dir", str(tmp), "--name", "t",
                      "--set", f"data.source=folder:{src}", "--set", f"data.target=folder:{tgt}"]) == 0
     return tmp / "t"
+
+
+class ReadsBrightness(torch.nn.Module):
+    """A stand-in for f's head: class 1 for bright images, class 0 for dark ones, the surer the further
+    the mean brightness is from grey (times `sharpness`); classes beyond 2 are never read."""
+    training = False
+
+    def __init__(self, sharpness: float = 1.0, classes: int = 2) -> None:
+        super().__init__()
+        self.sharpness, self.classes = sharpness, classes
+
+    def eval(self):
+        return self
+
+    def train(self, mode=True):
+        return self
+
+    def classify(self, x):
+        m = self.sharpness * x.mean(dim=(1, 2, 3))
+        return torch.stack([-m, m] + [torch.full_like(m, -9.0)] * (self.classes - 2), 1)
+
+
+@pytest.fixture
+def reads_brightness():
+    """The ReadsBrightness stand-in for f's head (a class; call it with sharpness / classes)."""
+    return ReadsBrightness

@@ -139,6 +139,8 @@ def test_toml_round_trip_every_field_differs_from_default(tmp_path):
     changed["train.f_mode"] = "joint"
     changed["train.steps"] = 17
     changed["pretrain.f_target_options"] = False    # needs a margin head, which d_conditional refuses
+    changed["loss.target_reader"] = 0.0              # needs a pretrained f, and f_mode is joint here
+    changed["pretrain.reader_min_confidence"] = 0.5
     cfg = apply_overrides(default, changed)
     path = tmp_path / "c.toml"
     path.write_text(to_toml(cfg))
@@ -192,3 +194,13 @@ def test_digits_is_digits_faithful_plus_its_five_named_deviations():
 def test_class_layout_settings_out_of_range_are_refused(key, value):
     with pytest.raises(ConfigError, match="class_layout"):
         apply_overrides(preset("digits"), {key: value}).validate()
+
+
+@pytest.mark.parametrize("over", [{"loss.target_reader": "-1"}, {"pretrain.reader_steps": "0"},
+                                  {"pretrain.reader_min_confidence": "1"}, {"pretrain.reader_min_confidence": "0"},
+                                  {"loss.target_reader": "5", "train.f_mode": "joint"},
+                                  {"loss.target_reader": "5", "pretrain.f_head": "cosface",
+                                   "nets.d_conditional": "false", "loss.const_distance": "mse"}])
+def test_target_reader_settings_that_cannot_work_are_refused(over):
+    with pytest.raises(ConfigError, match="target_reader"):
+        apply_overrides(preset("digits"), over).validate()

@@ -133,3 +133,21 @@ def test_self_training_needs_a_softmax_f_and_names_itself_in_f_cache_key():
     plain = f_cache_key(preset("tiny"), domains)
     adapted = f_cache_key(apply_overrides(preset("tiny"), {"pretrain.f_self_train": "3"}), domains)
     assert "-st" not in plain and adapted.startswith(plain) and "-st3x400-mnist-" in adapted
+
+
+def test_target_reader_learns_f_s_confident_readings_of_the_target(reads_brightness):
+    """The reader sees only target images, labelled by f where f is sure; the unsure ones are left out."""
+    from dtn.config import PretrainConfig
+    from dtn.pretrain import train_target_reader
+
+    g = torch.Generator().manual_seed(0)
+    levels = torch.cat([torch.randint(0, 60, (40,), generator=g), torch.randint(196, 256, (40,), generator=g),
+                        torch.full((10,), 128)])                       # the last 10 are grey: f is unsure
+    images = (levels.view(-1, 1, 1, 1) + torch.randint(0, 8, (90, 1, 16, 16), generator=g)).clamp(0, 255).to(torch.uint8)
+    target = Domain(images, torch.full((90,), -1), "t", "train")
+    cfg = PretrainConfig(reader_steps=60, reader_min_confidence=0.95, f_batch=32, f_lr=3e-3)
+    reader, pseudo = train_target_reader(NetConfig(image_size=16, f_width=8, code_dim=16, num_classes=2), cfg,
+                                         reads_brightness(sharpness=20), target)
+    assert len(pseudo) == 80 and pseudo.labels.tolist() == [0] * 40 + [1] * 40
+    assert not reader.training
+    assert accuracy(reader.classify, pseudo) == 1.0

@@ -117,3 +117,22 @@ def test_a_run_says_how_many_targets_it_trains_on_with_target_min_confidence(fol
     out = capsys.readouterr().out
     n = len(list((Path(folders[1]) / "train").rglob("*.png")))
     assert f"training on the {n:,} of {n:,}" in out and "confidence >= 0.1" in out
+
+
+def test_a_run_trains_its_target_reader_once_keeps_it_and_resumes_with_it(folders, tmp_path, capsys):
+    """loss.target_reader: the reader is trained once (reader.json says on how many targets), saved in the
+    run dir and the cache; another run of the same f loads it from the cache, a resume from the run dir."""
+    over = {"train.steps": "2", "loss.target_reader": "5", "pretrain.reader_steps": "3",
+            "pretrain.reader_min_confidence": "0.1"}       # 10 classes: every softmax peak is >= 0.1
+    run_dtn(_cfg(folders, **over), tmp_path, "a", until="train")
+    facts = json.loads((tmp_path / "a" / "reader.json").read_text())
+    n = len(list((Path(folders[1]) / "train").rglob("*.png")))
+    assert facts["trained_on"] == facts["of"] == n and sum(facts["per_class"]) == n
+    assert "target reader trained" in capsys.readouterr().out
+    run_dtn(_cfg(folders, **over), tmp_path, "b", until="train")
+    assert "target reader loaded from cache" in capsys.readouterr().out
+    a, b = (RunDir(tmp_path / r).path / "reader.safetensors" for r in "ab")
+    assert a.read_bytes() == b.read_bytes()
+    run_dtn(_cfg(folders, **{**over, "train.steps": "3"}), tmp_path, "b", resume=True, until="train")
+    out = capsys.readouterr().out
+    assert "target reader" not in out, "a resumed run uses its own reader.safetensors"

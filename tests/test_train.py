@@ -595,26 +595,6 @@ def test_jitter_shifts_within_two_pixels_and_is_seeded():
 
 # ----------------------------------------------------------------------------- L_LAYOUT and confident targets
 
-class ReadsBrightness(nn.Module):
-    """A stand-in for f's head: class 1 for bright images, class 0 for dark ones, the surer the further
-    the mean brightness is from grey (times `sharpness`); classes beyond 2 are never read."""
-    training = False
-
-    def __init__(self, sharpness: float = 1.0, classes: int = 2) -> None:
-        super().__init__()
-        self.sharpness, self.classes = sharpness, classes
-
-    def eval(self):
-        return self
-
-    def train(self, mode=True):
-        return self
-
-    def classify(self, x):
-        m = self.sharpness * x.mean(dim=(1, 2, 3))
-        return torch.stack([-m, m] + [torch.full_like(m, -9.0)] * (self.classes - 2), 1)
-
-
 def test_class_layout_off_by_default_and_when_on_it_trains_g_only():
     off = make_trainer()
     assert off.layouts is None and "layout" not in off.train_step().values
@@ -628,27 +608,45 @@ def test_class_layout_off_by_default_and_when_on_it_trains_g_only():
     assert all_equal(tr.f, f_before, params_only=False) and all_equal(tr.d, d_before, params_only=False)
 
 
-def test_class_layouts_are_the_mean_target_layout_per_class_f_reads():
+def test_target_reader_off_by_default_and_when_on_it_trains_g_only():
+    assert make_trainer().reader is None and "read" not in make_trainer().train_step().values
+    with pytest.raises(ConfigError, match="target_reader"):
+        make_trainer(loss__target_reader="5")          # on, but no reader given
+    cfg = make_cfg(loss__target_reader="50", loss__alpha="0", loss__beta="0", loss__gan="false")
+    reader = make_f(cfg, seed=3)
+    tr = Trainer(cfg, make_f(cfg), *make_domains(), CPU, reader=reader)
+    f_before, g_before, d_before, r_before = snapshot(tr.f), params_snapshot(tr.g), snapshot(tr.d), snapshot(reader)
+    losses_seen = [tr.g_update()[0]["read"].item() for _ in range(8)]
+    assert not all_equal(tr.g, g_before), "L_READ alone trains g"
+    assert all_equal(tr.f, f_before, params_only=False) and all_equal(tr.d, d_before, params_only=False)
+    assert all_equal(reader, r_before, params_only=False) and all(p.grad is None for p in reader.parameters())
+    assert losses_seen[-1] < losses_seen[0], f"g learns to make the reader agree with f: {losses_seen}"
+
+
+def test_class_layouts_are_the_mean_target_layout_per_class_f_reads(reads_brightness):
     from dtn.metrics.pixel_fd import pooled_pixels
     from dtn.train import class_layouts
 
     images = torch.cat([torch.zeros(3, 1, 16, 16, dtype=torch.uint8), torch.full((2, 1, 16, 16), 255, dtype=torch.uint8)])
     target = Domain(images, torch.full((5,), -1), "t", "train")
-    means = class_layouts(ReadsBrightness(classes=3), target, batch=2)
+    means = class_layouts(reads_brightness(classes=3), target, batch=2)
     x = images.float() / 127.5 - 1
     assert torch.allclose(means[0], pooled_pixels(x[:3]).mean(0)) and torch.allclose(means[1], pooled_pixels(x[3:]).mean(0))
     assert torch.allclose(means[2], pooled_pixels(x).mean(0)), "a class f never reads gets the overall mean"
 
 
-def test_confident_targets_keeps_the_images_f_reads_surely():
+def test_confident_targets_keeps_the_images_f_reads_surely(reads_brightness):
+    from dtn.pretrain import confident_readings
     from dtn.train import confident_targets
 
     levels = torch.tensor([0, 10, 124, 128, 131, 250], dtype=torch.uint8)   # grey (~127.5) is unsure
     target = Domain(levels.view(-1, 1, 1, 1).expand(-1, 1, 4, 4).contiguous(), torch.arange(6), "t", "train")
-    kept = confident_targets(ReadsBrightness(sharpness=20), target, 0.9, batch=4)
-    assert kept.labels.tolist() == [0, 1, 5] and kept.images.shape == (3, 1, 4, 4)
+    kept = confident_readings(reads_brightness(sharpness=20), target, 0.9, "x", batch=4)
+    assert kept.images[:, 0, 0, 0].tolist() == [0, 10, 250] and kept.images.shape == (3, 1, 4, 4)
+    assert kept.labels.tolist() == [0, 0, 1], "labelled with f's readings, not the target's labels"
+    assert confident_targets(reads_brightness(sharpness=20), target, 0.9).images.equal(kept.images)
     with pytest.raises(ConfigError, match="target_min_confidence"):
-        confident_targets(ReadsBrightness(sharpness=20), Domain(target.images[2:5], target.labels[2:5], "t", "train"), 0.9)
+        confident_targets(reads_brightness(sharpness=20), Domain(target.images[2:5], target.labels[2:5], "t", "train"), 0.9)
 
 
 def test_target_min_confidence_off_by_default_and_on_it_trains_on_fewer_targets():

@@ -411,7 +411,7 @@ def evaluate_run(run_path: Path, checkpoint: str | None = None, names: tuple[str
     domains = load_domains(cfg)
     classifier = get_classifier(cfg, domains, torch.device("cpu"))
     trainer = Trainer(cfg, Encoder(cfg.nets), domains.source_train.subset(64), domains.target_train.subset(64),
-                      torch.device("cpu"))
+                      torch.device("cpu"), reader=Encoder(cfg.nets))     # weights from the checkpoint; the reader is unused
     _, ckpt = _run_checkpoint(run, checkpoint)
     step = run.load_checkpoint(trainer, ckpt, weights_only=True)
     result = evaluate(trainer, classifier, domains.source_test, domains.target_test, names,

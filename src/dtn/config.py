@@ -49,6 +49,9 @@ class LossConfig:
     class_layout: float = 0.0         # deviation: weight of L_LAYOUT (losses.class_layout_loss): per class f
                                       # reads, G(x)'s mean 8x8 layout vs the targets' (no labels; 0 = off)
     class_layout_grid: int = 8        # L_LAYOUT pools images to grid x grid before comparing class means
+    target_reader: float = 0.0        # deviation: weight of L_READ, KL(f's classes on x || a target reader's on
+                                      # G(x)); the reader is f's architecture trained on the target images f
+                                      # reads confidently, labelled by f (no target labels; 0 = off)
     gan: bool = True                  # False: the "no GAN" ablation
     discriminator: str = "ternary"    # ternary (paper) | binary (deviation)
 
@@ -111,6 +114,9 @@ class PretrainConfig:
     f_self_train_steps: int = 400     # fine-tuning steps per self-training round
     f_target_options: bool = False    # deviation (generated avatars only): f also learns to read the options
                                       # each target avatar was drawn with, so its code varies over avatars
+    reader_steps: int = 1500          # loss.target_reader: training steps of the target reader
+    reader_min_confidence: float = 0.99  # loss.target_reader: it learns from the target images f's head
+                                      # reads with at least this softmax confidence, labelled by f
     judge: bool = False               # also pretrain a second f (same recipe, seed + 1000) that training never
                                       # sees; identity retrieval is reported by it too (judge_identity_*)
     eval_epochs: int = 4              # epochs of the evaluation classifier on target train
@@ -144,6 +150,11 @@ class Config:
             (0.0 <= self.train.target_min_confidence < 1.0, "train.target_min_confidence must be in [0, 1) (0 = off)"),
             (self.loss.class_layout >= 0 and 1 <= self.loss.class_layout_grid <= self.nets.image_size,
              "loss.class_layout must be >= 0 and loss.class_layout_grid between 1 and nets.image_size"),
+            (self.loss.target_reader >= 0 and self.pretrain.reader_steps > 0
+             and 0.0 < self.pretrain.reader_min_confidence < 1.0,
+             "loss.target_reader must be >= 0, pretrain.reader_steps > 0, pretrain.reader_min_confidence in (0, 1)"),
+            (not self.loss.target_reader or (self.pretrain.f_head == "softmax" and self.train.f_mode == "pretrained"),
+             "loss.target_reader needs a pretrained f with pretrain.f_head softmax: f labels the reader's targets"),
             (self.pretrain.f_self_train >= 0 and (self.pretrain.f_self_train == 0 or self.pretrain.f_head == "softmax"),
              "pretrain.f_self_train needs f_head softmax: f labels target images with its own classes"),
             (not self.loss.const_distance.endswith("kl") or self.pretrain.f_head == "softmax",

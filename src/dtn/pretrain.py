@@ -22,6 +22,7 @@ from torch.nn import functional as F
 from .config import PretrainConfig
 from .data.base import cache_root
 from .domain import Domain
+from .errors import ConfigError
 from .losses import category_loss, margin_logits
 from .nets import Encoder, LeNet, NetConfig, init_weights
 from .progress import duration, progress
@@ -219,6 +220,40 @@ def pretrain_f(net_cfg: NetConfig, cfg: PretrainConfig, source: Domain, seed: in
     train_classifier(model, None, source, cfg.f_steps, cfg.f_batch, cfg.f_lr, augment, seed,
                      f"pretrain f ({cfg.f_head})", autocast_dtype, loss_fn=model.loss)
     return f.eval()
+
+
+@torch.no_grad()
+def confident_readings(f: Encoder, target: Domain, min_confidence: float, option: str, batch: int = 1000) -> Domain:
+    """The target images f's head reads with at least `min_confidence` (softmax), labelled with f's reading
+    (target.labels are not read). f reads in eval mode and is put back. `option` names the setting in the
+    error raised when no image passes."""
+    was_training = f.training
+    f.eval()
+    probs = torch.cat([f.classify(x).float().softmax(1) for x, _ in target.in_order(batch)])
+    f.train(was_training)
+    confidence, predicted = probs.max(1)
+    idx = torch.nonzero(confidence >= min_confidence).flatten()
+    if not len(idx):
+        raise ConfigError(f"{option}={min_confidence}: f reads none of the {len(target):,} {target.name} images "
+                          f"that confidently; lower it")
+    return Domain(target.images.index_select(0, idx.to(target.images.device)), predicted[idx].to(target.labels.device),
+                  target.name, "f's confident readings")
+
+
+def train_target_reader(net_cfg: NetConfig, cfg: PretrainConfig, f: Encoder, target: Domain, seed: int = 0,
+                        autocast_dtype=None) -> tuple[Encoder, Domain]:
+    """Deviation (loss.target_reader): a classifier of f's architecture that has seen only target images,
+    labelled by f where f is confident. Why: f learned its classes from the source, so it accepts a G(x)
+    drawn with source traits (a printed 1's flag and foot) that no target image of that class has; a
+    reader of the target's own shapes does not (it reads such a 1 as a 2 or a 7, as a MNIST classifier
+    does). Returns the reader (eval mode) and the pseudo-labelled images it learned from."""
+    pseudo = confident_readings(f, target, cfg.reader_min_confidence, "pretrain.reader_min_confidence")
+    torch.manual_seed(seed)
+    reader = Encoder(net_cfg).to(target.images.device)
+    init_weights(reader)
+    train_classifier(reader, reader.classify, pseudo, cfg.reader_steps, cfg.f_batch, cfg.f_lr, shift_augment, seed,
+                     "train target reader", autocast_dtype)
+    return reader.eval(), pseudo
 
 
 SELF_TRAIN_POOL = 20_000    # target images f labels in each round (a fixed subset)

@@ -24,7 +24,8 @@ from .data.base import cache_root
 from .data.classes import parse_classes, select_classes
 from .data.shapes import class_count, native_channels
 from .metrics.retrieval import encoder_quality
-from .pretrain import PRETRAIN_VERSION, accuracy, data_fingerprint, eval_classifier, pretrain_f, self_train_f
+from .pretrain import (PRETRAIN_VERSION, accuracy, data_fingerprint, eval_classifier, pretrain_f, self_train_f,
+                       train_target_reader)
 from .report import save_grid, save_pairs_grid
 from .rundir import RunDir
 from .train import Trainer, pick_device
@@ -223,6 +224,41 @@ def get_f(cfg: Config, run: RunDir, domains: Domains, device: torch.device) -> E
     else:
         LOG(f"f pretrained in {seconds:.0f}s ({cfg.pretrain.f_head} head)")
     return f.eval()
+
+
+def get_reader(cfg: Config, run: RunDir, f: Encoder, domains: Domains, device: torch.device) -> Encoder | None:
+    """loss.target_reader: the run's target reader (reader.safetensors), trained once per f and target
+    data and cached beside f; None when the option is off."""
+    if not cfg.loss.target_reader:
+        return None
+    path, reader = run.path / "reader.safetensors", Encoder(cfg.nets).to(device)
+    p = cfg.pretrain
+    cached = cache_root() / "encoders" / (f"reader-{f_cache_key(cfg, domains)}-{cfg.data.target}-"
+                                          f"{data_fingerprint(domains.target_train)}-r{p.reader_steps}-c{p.reader_min_confidence}"
+                                          ".safetensors")
+    for source in (path, cached):
+        if source.is_file():
+            load_weights(reader, source)
+            if source == cached:
+                save_weights(reader, path)
+                LOG(f"target reader loaded from cache {cached.name}")
+            return reader.eval()
+    t0 = time.time()
+    reader, pseudo = train_target_reader(cfg.nets, p, f, domains.target_train.to(device), cfg.train.seed,
+                                         autocast_dtype(cfg))
+    save_weights(reader, path)
+    save_weights(reader, cached)
+    facts = {"trained_on": len(pseudo), "of": len(domains.target_train), "min_confidence": p.reader_min_confidence,
+             "per_class": torch.bincount(pseudo.labels.cpu(), minlength=cfg.nets.num_classes).tolist(),
+             "seconds": round(time.time() - t0, 1)}
+    if len(domains.target_test) and domains.target_test.labels.min() >= 0:
+        facts["target_test_accuracy_diagnostic_only"] = accuracy(reader.classify, domains.target_test.to(device))
+    run.write_json("reader.json", facts)
+    LOG(f"target reader trained in {facts['seconds']:.0f}s on the {len(pseudo):,} of {len(domains.target_train):,} "
+        f"{cfg.data.target} train images f reads with confidence >= {p.reader_min_confidence}"
+        + (f"; {facts['target_test_accuracy_diagnostic_only']:.2%} on {cfg.data.target} test (diagnostic only)"
+           if "target_test_accuracy_diagnostic_only" in facts else ""))
+    return reader
 
 
 def get_classifier(cfg: Config, domains: Domains, device: torch.device) -> LeNet | None:
@@ -467,10 +503,12 @@ def _run_dtn(cfg: Config, path: Path, resume: bool, until: str, tensorboard: boo
         f"{cfg.data.target} {len(domains.target_train)}/{len(domains.target_test)} ({time.time() - t0:.0f}s)")
     classifier = get_classifier(cfg, domains, device) if dist.is_main else None
     f = get_f(cfg, run, domains, device) if dist.is_main else None
+    reader = get_reader(cfg, run, f, domains, device) if dist.is_main else None
     judge = get_judge(cfg, domains, device) if dist.is_main and until != "pretrain" else None
-    dist.barrier()                      # rank 0 has pretrained f and written f.safetensors
+    dist.barrier()                      # rank 0 has pretrained f (and the target reader) into the run dir
     if f is None:
         f = get_f(cfg, run, domains, device)
+        reader = get_reader(cfg, run, f, domains, device)
     if until == "pretrain":
         if dist.is_main:
             run.set_status("pretrained")
@@ -479,7 +517,7 @@ def _run_dtn(cfg: Config, path: Path, resume: bool, until: str, tensorboard: boo
     # whether f and the classifier were just trained or loaded from a cache (a resume before the first
     # checkpoint, or `dtn pretrain` then `dtn train`, would not reproduce one uninterrupted run).
     torch.manual_seed(cfg.train.seed)
-    trainer = prepare(Trainer(cfg, f, domains.source_train, domains.target_train, device), dist)
+    trainer = prepare(Trainer(cfg, f, domains.source_train, domains.target_train, device, reader), dist)
     if cfg.train.target_min_confidence:
         LOG(f"training on the {len(trainer.target):,} of {len(domains.target_train):,} {cfg.data.target} train images f reads "
             f"with confidence >= {cfg.train.target_min_confidence} (train.target_min_confidence)")

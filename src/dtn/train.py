@@ -22,7 +22,7 @@ from .domain import Domain
 from .errors import ConfigError
 from .metrics.pixel_fd import pooled_pixels
 from .nets import Discriminator, Encoder, Generator, init_weights
-from .pretrain import shift_augment
+from .pretrain import confident_readings, shift_augment
 
 
 def pick_device(name: str) -> torch.device:
@@ -79,21 +79,13 @@ def class_layouts(f: Encoder, target: Domain, grid: int = 8, batch: int = 1000) 
     return torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], overall)
 
 
-@torch.no_grad()
-def confident_targets(f: Encoder, target: Domain, min_confidence: float, batch: int = 1000) -> Domain:
+def confident_targets(f: Encoder, target: Domain, min_confidence: float) -> Domain:
     """The target images whose class f's head reads with at least `min_confidence` (softmax). Why: a
     conditional D and L_LAYOUT learn what a real "4" is from the targets f reads as 4, and f, trained on
     the source only, reads 11 % of the MNIST images it calls 1 wrongly (2s and 7s); g may then draw 1s as
     2s. f's confident readings are far purer (measured: 98.4 % right at 0.99 on MNIST test, keeping 69 %).
-    No labels."""
-    keep = torch.cat([logits.float().softmax(1).amax(1) >= min_confidence
-                      for _, logits in read_targets(f, target, batch)])
-    if not keep.any():
-        raise ConfigError(f"train.target_min_confidence={min_confidence}: f reads none of the {len(target):,} "
-                          f"{target.name} images that confidently; lower it")
-    idx = keep.nonzero().squeeze(1)
-    return Domain(target.images.index_select(0, idx), target.labels.index_select(0, idx.to(target.labels.device)),
-                  target.name, target.split, target.balanced)
+    No labels: the images come labelled with f's readings, which training does not use either."""
+    return confident_readings(f, target, min_confidence, "train.target_min_confidence")
 
 
 def jitter(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -130,7 +122,7 @@ class Trainer:
     """Owns f, g, D, their optimizers, the step counter and the sampling RNG."""
 
     def __init__(self, cfg: Config, f: Encoder, source: Domain, target: Domain,
-                 device: torch.device | None = None) -> None:
+                 device: torch.device | None = None, reader: Encoder | None = None) -> None:
         self.cfg = cfg.validate()
         self.device = device or pick_device(cfg.train.device)
         self.source, self.target = source.to(self.device), target.to(self.device)
@@ -147,9 +139,14 @@ class Trainer:
         # Deviation (train.target_min_confidence > 0): train on the targets f reads confidently (confident_targets).
         if cfg.train.target_min_confidence > 0:
             self.target = confident_targets(self.f, self.target, cfg.train.target_min_confidence)
+        # Deviation (loss.target_reader > 0): a frozen classifier of the target's own shapes (pretrain.train_target_reader).
+        if cfg.loss.target_reader and reader is None:
+            raise ConfigError("loss.target_reader is on but no target reader was given (run.get_reader trains one)")
+        self.reader = reader.to(self.device).eval().requires_grad_(False) if cfg.loss.target_reader else None
         self.memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
-        for m in (self.f, self.g, self.d):
-            m.to(memory_format=self.memory_format)
+        for m in (self.f, self.g, self.d, self.reader):
+            if m is not None:
+                m.to(memory_format=self.memory_format)
         scale = code_rms(self.f, self.source) if cfg.loss.code_scale == "rms" else 1.0
         # On a GPU each step is replayed as one captured CUDA graph where the options allow (cuda_graph.py);
         # its optimizers keep their step counters and learning rates on the GPU.
@@ -290,8 +287,12 @@ class Trainer:
                               if code_distance else 0.0)
             if kl is not None:
                 parts["const"] = parts["const"] + kl
+        if self.reader is not None:       # L_READ: the target reader must read in G(x) the class f reads in x
+            parts["read"] = losses.const_kl_loss(self.f_logits(cs).detach(), self.reader.classify(gs_for_f))
         parts["tid"] = losses.tid_loss(xt, gt)
         total = cfg.alpha * parts["const"] + cfg.beta * parts["tid"]
+        if "read" in parts:
+            total = total + cfg.target_reader * parts["read"]
         if cfg.gamma:
             parts["tv"] = losses.tv_loss(torch.cat([gs, gt]), cfg.tv_power)
             total = total + cfg.gamma * parts["tv"]
