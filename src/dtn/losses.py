@@ -2,7 +2,8 @@
 
 Names follow the paper: L_D (ternary_d_loss), L_GANG (ternary_g_loss), L_CONST (const_loss),
 L_TID (tid_loss), L_TV (tv_loss). Not in the paper (deviations, off by default): L_LAYOUT
-(class_layout_loss, against late class drift), and margin_logits, which shapes f's pretraining
+(class_layout_loss, against late class drift), L_READ (const_kl_loss again, read by a reader of the
+target's own shapes: train.Trainer.g_loss), and margin_logits, which shapes f's pretraining
 (CosFace/ArcFace). Means over the batch replace the paper's sums: the weights alpha, beta, gamma absorb
 the scale.
 

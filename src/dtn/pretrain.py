@@ -237,7 +237,7 @@ def confident_readings(f: Encoder, target: Domain, min_confidence: float, option
         raise ConfigError(f"{option}={min_confidence}: f reads none of the {len(target):,} {target.name} images "
                           f"that confidently; lower it")
     return Domain(target.images.index_select(0, idx.to(target.images.device)), predicted[idx].to(target.labels.device),
-                  target.name, "f's confident readings")
+                  target.name, target.split, target.balanced)
 
 
 def train_target_reader(net_cfg: NetConfig, cfg: PretrainConfig, f: Encoder, target: Domain, seed: int = 0,
