@@ -1,11 +1,13 @@
 """How well a run's f reads the *target* test images (which it never trained on), and how much purer
 its confident readings are: what a conditional D and L_LAYOUT learn a real class from.
 
-    python bench/f_target_reading.py RUN [--out bench/results/f_target_reading_NAME.json]
+    python bench/f_target_reading.py RUN [--reader] [--out bench/results/f_target_reading_NAME.json]
 
 Per class c of f's head: precision (share of the targets f reads as c that are c) and recall; which
 true classes f reads as each class; and for softmax thresholds 0.5-0.99, the share of targets kept and
-the precision among them (train.target_min_confidence). Target labels are read here for the diagnosis only.
+the precision among them (train.target_min_confidence). With --reader, the same for the run's target
+reader (RUN/reader.safetensors, loss.target_reader), which learned from f's confident readings: does it
+inherit f's confusions? Target labels are read here for the diagnosis only.
 """
 from __future__ import annotations
 
@@ -43,24 +45,33 @@ def reading_report(labels: torch.Tensor, probs: torch.Tensor) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run")
+    p.add_argument("--reader", action="store_true", help="also read the target with RUN/reader.safetensors")
     p.add_argument("--out")
     args = p.parse_args()
     from dtn.apply import DTN
     from dtn.metrics import batched
-    from dtn.nets import to_float
+    from dtn.nets import Encoder, to_float
     from dtn.run import load_domains
+    from dtn.weights import load_weights
 
     model = DTN.load(args.run, device="cpu")
     test = load_domains(model.cfg).target_test
-    with torch.inference_mode():
-        probs = batched(model.f.classify, to_float(test.images)).float().softmax(1)
+
+    def read(classify) -> dict:
+        with torch.inference_mode():
+            return reading_report(test.labels, batched(classify, to_float(test.images)).float().softmax(1))
+
     out = {"command": "python bench/f_target_reading.py " + " ".join(sys.argv[1:]), "run": args.run,
-           "target": model.cfg.data.target, "n": len(test), **reading_report(test.labels, probs),
-           "machine": machine_info()}
+           "target": model.cfg.data.target, "n": len(test), **read(model.f.classify)}
+    if args.reader:
+        reader = Encoder(model.cfg.nets)
+        load_weights(reader, Path(args.run) / "reader.safetensors")
+        out["reader"] = read(reader.eval().classify)
+    out["machine"] = machine_info()
     path = Path(args.out) if args.out else RESULTS / f"f_target_reading_{Path(args.run).name}.json"
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {path}: f reads {out['accuracy']:.2%} of {out['target']} test right; at 0.99: "
-          f"{out['confidence_thresholds']['0.99']}")
+          f"{out['confidence_thresholds']['0.99']}" + (f"; the reader {out['reader']['accuracy']:.2%}" if args.reader else ""))
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ ABLATIONS: dict[str, Ablation] = {a.name: a for a in (
     Ablation("no-const-augment", {"loss.const_augment": "false"}, None, "f reads G(x) as drawn in L_CONST"),
     Ablation("no-g-ema", {"train.g_ema": "0"}, None, "evaluated from g itself, not its moving average"),
     Ablation("no-class-layout", {"loss.class_layout": "0"}, None, "no L_LAYOUT"),
+    Ablation("no-target-reader", {"loss.target_reader": "0"}, None, "no L_READ"),
     Ablation("f-steps-1500", {"pretrain.f_steps": "1500"}, None, "f pretrained 1,500 steps, not 4,000"),
     Ablation("self-training", {"pretrain.f_self_train": "3"}, None, "f self-trained on target images it labels"),
 )}
