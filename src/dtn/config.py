@@ -189,9 +189,9 @@ def digits() -> Config:
     that g cannot draw a whole class as another target class that f misreads (late class drift), and
     L_READ (loss.target_reader = 50): a reader of f's architecture trained only on the MNIST images f reads
     with >= 0.99 confidence, labelled by f, must read in G(x) the class f reads in x, so that g cannot keep
-    source traits (a printed 1's flag and foot) that f accepts and MNIST has not. f is pretrained for 4,000 steps (98.5-98.9 % on synth test; 1,500 gave 97.3 %) on the labelled
-    source only and never sees the target, as in the paper; the reader sees only target images and f's
-    readings of them. No label of either domain is read by DTN training; source labels train f only."""
+    source traits (a printed 1's flag and foot) that f accepts and MNIST has not. f is pretrained for
+    4,000 steps (98.5-98.9 % on synth test; 1,500 gave 97.3 %) on the labelled source only and never sees
+    the target, as in the paper; the reader sees only target images and f's readings of them. No label of either domain is read by DTN training; source labels train f only."""
     base = digits_faithful()
     return replace(base, name="digits",
                    nets=replace(base.nets, d_conditional=True),

@@ -222,15 +222,23 @@ def pretrain_f(net_cfg: NetConfig, cfg: PretrainConfig, source: Domain, seed: in
     return f.eval()
 
 
+def read_targets(f: Encoder, target: Domain, batch: int = 1000):
+    """(images, f's class logits) for every target image once, in order. f reads in eval mode (a
+    trainable f without its head's dropout) and is put back as it was."""
+    was_training = f.training
+    f.eval()
+    try:
+        for x, _ in target.in_order(batch):
+            yield x, f.classify(x)
+    finally:
+        f.train(was_training)
+
+
 @torch.no_grad()
 def confident_readings(f: Encoder, target: Domain, min_confidence: float, option: str, batch: int = 1000) -> Domain:
     """The target images f's head reads with at least `min_confidence` (softmax), labelled with f's reading
-    (target.labels are not read). f reads in eval mode and is put back. `option` names the setting in the
-    error raised when no image passes."""
-    was_training = f.training
-    f.eval()
-    probs = torch.cat([f.classify(x).float().softmax(1) for x, _ in target.in_order(batch)])
-    f.train(was_training)
+    (target.labels are not read). `option` names the setting in the error raised when no image passes."""
+    probs = torch.cat([logits.float().softmax(1) for _, logits in read_targets(f, target, batch)])
     confidence, predicted = probs.max(1)
     idx = torch.nonzero(confidence >= min_confidence).flatten()
     if not len(idx):

@@ -22,7 +22,7 @@ from .domain import Domain
 from .errors import ConfigError
 from .metrics.pixel_fd import pooled_pixels
 from .nets import Discriminator, Encoder, Generator, init_weights
-from .pretrain import confident_readings, shift_augment
+from .pretrain import confident_readings, read_targets, shift_augment
 
 
 def pick_device(name: str) -> torch.device:
@@ -52,18 +52,6 @@ def code_moments(f: Encoder, domain: Domain, n: int = 2048, batch: int = 512) ->
     """(2, D): per-dimension mean and std of f's code on a fixed subset of `domain` (code_scale = domain)."""
     codes = torch.cat([f(x).float() for x, _ in domain.subset(n, seed=1).in_order(batch)])
     return torch.stack([codes.mean(0), codes.std(0).clamp_min(1e-6)])
-
-
-def read_targets(f: Encoder, target: Domain, batch: int = 1000):
-    """(images, f's class logits) for every target image once, in order. f reads in eval mode (a
-    trainable f without its head's dropout) and is put back as it was."""
-    was_training = f.training
-    f.eval()
-    try:
-        for x, _ in target.in_order(batch):
-            yield x, f.classify(x)
-    finally:
-        f.train(was_training)
 
 
 @torch.no_grad()
