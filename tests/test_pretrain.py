@@ -151,3 +151,64 @@ def test_target_reader_learns_f_s_confident_readings_of_the_target(reads_brightn
     assert len(pseudo) == 80 and pseudo.labels.tolist() == [0] * 40 + [1] * 40
     assert not reader.training
     assert accuracy(reader.classify, pseudo) == 1.0
+
+
+class _PointReader(torch.nn.Module):
+    """A stand-in reader whose code is an image's first two pixels and whose head misreads the half of
+    cluster B nearest A as A (its boundary is bent, as f's confusions bend the reader's)."""
+
+    def forward(self, x):
+        return x.flatten(1)[:, :2] + 1
+
+    def head(self, code):
+        return torch.stack([20 * (code[:, 0] - code[:, 1] + 1.3), torch.zeros(len(code))], 1)
+
+
+def _two_clusters(n: int = 40) -> tuple[Domain, torch.Tensor]:
+    """n images of cluster A (pixel 0 bright, pixel 1 dark) then n of cluster B (the other way round,
+    pixel 1 spread from mid-grey to bright); labels unknown (-1). Also the true clusters."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.stack([torch.randint(210, 240, (n,), generator=g), torch.randint(15, 40, (n,), generator=g)], 1)
+    b = torch.stack([torch.randint(15, 40, (n,), generator=g), torch.linspace(120, 240, n).long()], 1)
+    pixels = torch.cat([a, b]).to(torch.uint8)
+    images = torch.cat([pixels, pixels], 1).view(-1, 1, 2, 2)
+    return Domain(images, torch.full((2 * n,), -1), "t", "train"), torch.cat([torch.zeros(n), torch.ones(n)]).long()
+
+
+def test_centroid_labels_follow_the_clusters_not_the_head_s_bent_boundary():
+    from dtn.pretrain import centroid_labels
+
+    target, truth = _two_clusters()
+    reader = _PointReader()
+    head_reading = torch.cat([reader.head(reader(x)).argmax(1) for x, _ in target.in_order(100)])
+    assert (head_reading != truth).sum() >= 10                        # the head misreads part of B as A
+    assert torch.equal(centroid_labels(reader, target), truth)        # the clusters put them back
+
+
+def test_refine_reader_undoes_f_s_confident_mistakes_without_target_labels(reads_brightness):
+    """f reads a bright image as bright only beyond a too-high threshold, so it is sure that the dimmer
+    bright images are dark and the reader learns that; refining on all targets (labels -1: reading them
+    would fail) moves them back to their cluster. The head stays as it was."""
+    from dtn.config import PretrainConfig
+    from dtn.pretrain import refine_reader, train_target_reader
+
+    class ReadsTooDark(reads_brightness):
+        def classify(self, x):
+            return super().classify(x - 0.6)
+
+    g = torch.Generator().manual_seed(0)
+    levels = torch.cat([torch.randint(0, 60, (60,), generator=g), torch.randint(150, 256, (60,), generator=g)])
+    images = (levels.view(-1, 1, 1, 1) + torch.randint(0, 8, (120, 1, 16, 16), generator=g)).clamp(0, 255).to(torch.uint8)
+    target, truth = Domain(images, torch.full((120,), -1), "t", "train"), (levels >= 150).long()
+    net = NetConfig(image_size=16, f_width=8, code_dim=16, num_classes=2)
+    reader, _ = train_target_reader(net, PretrainConfig(reader_steps=60, reader_min_confidence=0.95, f_batch=32,
+                                                        f_lr=3e-3), ReadsTooDark(sharpness=20), target)
+
+    def read() -> float:
+        return (torch.cat([reader.classify(x).argmax(1) for x, _ in target.in_order(120)]) == truth).float().mean().item()
+
+    before, head = read(), [p.clone() for p in reader.head.parameters()]
+    refine_reader(reader, target, steps=60, batch=32, relabel_every=20)
+    assert before <= 0.9 and read() >= 0.97, (before, read())
+    assert all(torch.equal(a, b) for a, b in zip(head, reader.head.parameters()))
+    assert all(p.requires_grad for p in reader.parameters()) and not reader.training

@@ -117,6 +117,9 @@ class PretrainConfig:
     reader_steps: int = 1500          # loss.target_reader: training steps of the target reader
     reader_min_confidence: float = 0.99  # loss.target_reader: it learns from the target images f's head
                                       # reads with at least this softmax confidence, labelled by f
+    reader_refine_steps: int = 0      # deviation (loss.target_reader): then adapt the reader to all target
+                                      # images, unlabelled (SHOT: information maximisation + centroid labels),
+                                      # so it sheds f's confident mistakes (pretrain.refine_reader)
     judge: bool = False               # also pretrain a second f (same recipe, seed + 1000) that training never
                                       # sees; identity retrieval is reported by it too (judge_identity_*)
     eval_epochs: int = 4              # epochs of the evaluation classifier on target train
@@ -151,8 +154,9 @@ class Config:
             (self.loss.class_layout >= 0 and 1 <= self.loss.class_layout_grid <= self.nets.image_size,
              "loss.class_layout must be >= 0 and loss.class_layout_grid between 1 and nets.image_size"),
             (self.loss.target_reader >= 0 and self.pretrain.reader_steps > 0
-             and 0.0 < self.pretrain.reader_min_confidence < 1.0,
-             "loss.target_reader must be >= 0, pretrain.reader_steps > 0, pretrain.reader_min_confidence in (0, 1)"),
+             and 0.0 < self.pretrain.reader_min_confidence < 1.0 and self.pretrain.reader_refine_steps >= 0,
+             "loss.target_reader must be >= 0, pretrain.reader_steps > 0, pretrain.reader_min_confidence in (0, 1), "
+             "pretrain.reader_refine_steps >= 0"),
             (not self.loss.target_reader or (self.pretrain.f_head == "softmax" and self.train.f_mode == "pretrained"),
              "loss.target_reader needs a pretrained f with pretrain.f_head softmax: f labels the reader's targets"),
             (self.pretrain.f_self_train >= 0 and (self.pretrain.f_self_train == 0 or self.pretrain.f_head == "softmax"),

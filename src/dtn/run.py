@@ -235,7 +235,8 @@ def get_reader(cfg: Config, run: RunDir, f: Encoder, domains: Domains, device: t
     p = cfg.pretrain
     cached = cache_root() / "encoders" / (f"reader-{f_cache_key(cfg, domains)}-{cfg.data.target}-"
                                           f"{data_fingerprint(domains.target_train)}-r{p.reader_steps}-c{p.reader_min_confidence}"
-                                          ".safetensors")
+                                          + (f"-shot{p.reader_refine_steps}" if p.reader_refine_steps else "")
+                                          + ".safetensors")
     for source in (path, cached):
         if source.is_file():
             load_weights(reader, source)
@@ -249,6 +250,7 @@ def get_reader(cfg: Config, run: RunDir, f: Encoder, domains: Domains, device: t
     save_weights(reader, path)
     save_weights(reader, cached)
     facts = {"trained_on": len(pseudo), "of": len(domains.target_train), "min_confidence": p.reader_min_confidence,
+             "refine_steps": p.reader_refine_steps,
              "per_class": torch.bincount(pseudo.labels.cpu(), minlength=cfg.nets.num_classes).tolist(),
              "seconds": round(time.time() - t0, 1)}
     if len(domains.target_test) and domains.target_test.labels.min() >= 0:
@@ -256,6 +258,7 @@ def get_reader(cfg: Config, run: RunDir, f: Encoder, domains: Domains, device: t
     run.write_json("reader.json", facts)
     LOG(f"target reader trained in {facts['seconds']:.0f}s on the {len(pseudo):,} of {len(domains.target_train):,} "
         f"{cfg.data.target} train images f reads with confidence >= {p.reader_min_confidence}"
+        + (f", then refined on all of them for {p.reader_refine_steps} steps" if p.reader_refine_steps else "")
         + (f"; {facts['target_test_accuracy_diagnostic_only']:.2%} on {cfg.data.target} test (diagnostic only)"
            if "target_test_accuracy_diagnostic_only" in facts else ""))
     return reader
