@@ -212,3 +212,16 @@ def test_refine_reader_undoes_f_s_confident_mistakes_without_target_labels(reads
     assert before <= 0.9 and read() >= 0.97, (before, read())
     assert all(torch.equal(a, b) for a, b in zip(head, reader.head.parameters()))
     assert all(p.requires_grad for p in reader.parameters()) and not reader.training
+
+
+def test_speckle_augment_adds_bright_specks_to_about_half_the_images_and_is_seeded():
+    from dtn.pretrain import speckle_augment
+
+    x = torch.full((200, 1, 16, 16), -1.0)                       # black images: shifting changes nothing
+    a = speckle_augment(x, torch.Generator().manual_seed(1))
+    assert torch.equal(a, speckle_augment(x, torch.Generator().manual_seed(1)))
+    assert a.min() >= -1 and a.max() <= 1
+    specks = (a > -0.9).flatten(1).sum(1)
+    speckled = specks > 0
+    assert 0.35 < speckled.float().mean() < 0.65                 # p = 0.5 of the images
+    assert 2 < specks[speckled].float().mean() < 16              # density 0.03 of 256 pixels (some dim specks fall below -0.9)

@@ -136,6 +136,8 @@ def test_a_run_trains_its_target_reader_once_keeps_it_and_resumes_with_it(folder
     run_dtn(_cfg(folders, **{**over, "train.steps": "3"}), tmp_path, "b", resume=True, until="train")
     out = capsys.readouterr().out
     assert "target reader" not in out, "a resumed run uses its own reader.safetensors"
-    run_dtn(_cfg(folders, **{**over, "pretrain.reader_refine_steps": "2"}), tmp_path, "c", until="train")
+    run_dtn(_cfg(folders, **{**over, "pretrain.reader_refine_steps": "2", "pretrain.reader_augment": "speckle"}),
+            tmp_path, "c", until="train")
     assert "then refined on all of them for 2 steps" in capsys.readouterr().out, "a refined reader is cached apart"
-    assert json.loads((tmp_path / "c" / "reader.json").read_text())["refine_steps"] == 2
+    facts = json.loads((tmp_path / "c" / "reader.json").read_text())
+    assert (facts["refine_steps"], facts["augment"]) == (2, "speckle")

@@ -120,6 +120,9 @@ class PretrainConfig:
     reader_refine_steps: int = 0      # deviation (loss.target_reader): then adapt the reader to all target
                                       # images, unlabelled (SHOT: information maximisation + centroid labels),
                                       # so it sheds f's confident mistakes (pretrain.refine_reader)
+    reader_augment: str = "shift"     # loss.target_reader: the reader's training augmentation: shift (random
+                                      # translation) | speckle (also random bright specks, which then carry no
+                                      # class for it: g cannot pass it by speckling a bar onto a 1)
     judge: bool = False               # also pretrain a second f (same recipe, seed + 1000) that training never
                                       # sees; identity retrieval is reported by it too (judge_identity_*)
     eval_epochs: int = 4              # epochs of the evaluation classifier on target train
@@ -154,9 +157,10 @@ class Config:
             (self.loss.class_layout >= 0 and 1 <= self.loss.class_layout_grid <= self.nets.image_size,
              "loss.class_layout must be >= 0 and loss.class_layout_grid between 1 and nets.image_size"),
             (self.loss.target_reader >= 0 and self.pretrain.reader_steps > 0
-             and 0.0 < self.pretrain.reader_min_confidence < 1.0 and self.pretrain.reader_refine_steps >= 0,
+             and 0.0 < self.pretrain.reader_min_confidence < 1.0 and self.pretrain.reader_refine_steps >= 0
+             and self.pretrain.reader_augment in ("shift", "speckle"),
              "loss.target_reader must be >= 0, pretrain.reader_steps > 0, pretrain.reader_min_confidence in (0, 1), "
-             "pretrain.reader_refine_steps >= 0"),
+             "pretrain.reader_refine_steps >= 0, pretrain.reader_augment shift or speckle"),
             (not self.loss.target_reader or (self.pretrain.f_head == "softmax" and self.train.f_mode == "pretrained"),
              "loss.target_reader needs a pretrained f with pretrain.f_head softmax: f labels the reader's targets"),
             (self.pretrain.f_self_train >= 0 and (self.pretrain.f_self_train == 0 or self.pretrain.f_head == "softmax"),

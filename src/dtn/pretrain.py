@@ -110,6 +110,21 @@ def shift_augment(x: torch.Tensor, generator: torch.Generator, edge: bool = Fals
     return pad[:, :, 2 + dy: 2 + dy + x.shape[2], 2 + dx: 2 + dx + x.shape[3]]
 
 
+def speckle_augment(x: torch.Tensor, generator: torch.Generator, p: float = 0.5, density: float = 0.03) -> torch.Tensor:
+    """shift_augment, then on a share p of the images a random `density` of the pixels set to random
+    bright levels. Why (pretrain.reader_augment speckle): g learned to satisfy the target reader with a few
+    bright specks where a 7's bar belongs on a 1's stroke; a reader taught that specks carry no class
+    cannot be satisfied that way."""
+    x = shift_augment(x, generator)
+    chosen = torch.rand(x.shape[0], 1, 1, 1, generator=generator) < p
+    dots = (torch.rand(x.shape, generator=generator) < density) & chosen
+    bright = torch.rand(x.shape, generator=generator) * 2 - 0.5
+    return torch.where(dots.to(x.device), bright.to(x.device, x.dtype), x).clamp(-1, 1)
+
+
+READER_AUGMENTS = {"shift": shift_augment, "speckle": speckle_augment}
+
+
 def _lr_at(step: int, total: int, lr: float) -> float:
     """Linear warm-up over 5 % then cosine decay: a robust schedule for short classifier runs."""
     warm = max(1, total // 20)
@@ -259,10 +274,11 @@ def train_target_reader(net_cfg: NetConfig, cfg: PretrainConfig, f: Encoder, tar
     torch.manual_seed(seed)
     reader = Encoder(net_cfg).to(target.images.device)
     init_weights(reader)
-    train_classifier(reader, reader.classify, pseudo, cfg.reader_steps, cfg.f_batch, cfg.f_lr, shift_augment, seed,
+    augment = READER_AUGMENTS[cfg.reader_augment]
+    train_classifier(reader, reader.classify, pseudo, cfg.reader_steps, cfg.f_batch, cfg.f_lr, augment, seed,
                      "train target reader", autocast_dtype)
     if cfg.reader_refine_steps:
-        refine_reader(reader, target, cfg.reader_refine_steps, cfg.f_batch, seed, autocast_dtype)
+        refine_reader(reader, target, cfg.reader_refine_steps, cfg.f_batch, seed, autocast_dtype, augment=augment)
     return reader.eval(), pseudo
 
 
@@ -286,7 +302,7 @@ def centroid_labels(reader: Encoder, target: Domain, batch: int = 1000, rounds: 
 
 
 def refine_reader(reader: Encoder, target: Domain, steps: int, batch: int, seed: int = 0, autocast_dtype=None,
-                  relabel_every: int = 200, lr: float = 0.01) -> None:
+                  relabel_every: int = 200, lr: float = 0.01, augment=shift_augment) -> None:
     """Deviation (pretrain.reader_refine_steps): adapt the reader to all target images, unlabelled, by
     information maximisation (each reading sure, the classes used evenly) plus cross-entropy (weight 0.3)
     on centroid labels (centroid_labels, renewed every `relabel_every` steps); the head stays fixed.
@@ -310,7 +326,7 @@ def refine_reader(reader: Encoder, target: Domain, steps: int, batch: int, seed:
                 group["lr"] = lr * (1 + 10 * step / steps) ** -0.75
             x, y = labelled.sample(batch, gen)
             with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
-                logits = reader.classify(shift_augment(x, gen)).float()
+                logits = reader.classify(augment(x, gen)).float()
             p = logits.softmax(1)
             mean = p.mean(0)
             loss = (-(p * torch.log(p + 1e-5)).sum(1).mean() + (mean * torch.log(mean + 1e-5)).sum()

@@ -236,6 +236,7 @@ def get_reader(cfg: Config, run: RunDir, f: Encoder, domains: Domains, device: t
     cached = cache_root() / "encoders" / (f"reader-{f_cache_key(cfg, domains)}-{cfg.data.target}-"
                                           f"{data_fingerprint(domains.target_train)}-r{p.reader_steps}-c{p.reader_min_confidence}"
                                           + (f"-shot{p.reader_refine_steps}" if p.reader_refine_steps else "")
+                                          + (f"-{p.reader_augment}" if p.reader_augment != "shift" else "")
                                           + ".safetensors")
     for source in (path, cached):
         if source.is_file():
@@ -250,7 +251,7 @@ def get_reader(cfg: Config, run: RunDir, f: Encoder, domains: Domains, device: t
     save_weights(reader, path)
     save_weights(reader, cached)
     facts = {"trained_on": len(pseudo), "of": len(domains.target_train), "min_confidence": p.reader_min_confidence,
-             "refine_steps": p.reader_refine_steps,
+             "refine_steps": p.reader_refine_steps, "augment": p.reader_augment,
              "per_class": torch.bincount(pseudo.labels.cpu(), minlength=cfg.nets.num_classes).tolist(),
              "seconds": round(time.time() - t0, 1)}
     if len(domains.target_test) and domains.target_test.labels.min() >= 0:
