@@ -42,6 +42,9 @@ ABLATIONS: dict[str, Ablation] = {a.name: a for a in (
     Ablation("no-g-ema", {"train.g_ema": "0"}, None, "evaluated from g itself, not its moving average"),
     Ablation("no-class-layout", {"loss.class_layout": "0"}, None, "no L_LAYOUT"),
     Ablation("no-target-reader", {"loss.target_reader": "0"}, None, "no L_READ"),
+    Ablation("unrefined-reader", {"pretrain.reader_refine_steps": "0"}, None,
+             "L_READ's reader not refined on all target images"),
+    Ablation("shift-reader", {"pretrain.reader_augment": "shift"}, None, "L_READ's reader not taught that specks carry no class"),
     Ablation("f-steps-1500", {"pretrain.f_steps": "1500"}, None, "f pretrained 1,500 steps, not 4,000"),
     Ablation("self-training", {"pretrain.f_self_train": "3"}, None, "f self-trained on target images it labels"),
 )}
