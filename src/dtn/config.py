@@ -202,8 +202,9 @@ def digits() -> Config:
     undoes most of f's confident mistakes it learned (9s read as 4s: 17 % -> 1 %), and is taught that
     bright specks carry no class (pretrain.reader_augment = speckle), so g cannot pass it by speckling a
     bar onto a 1 (exp_speckle_*.json). f is pretrained for 4,000 steps (98.5-98.9 % on synth test;
-    1,500 gave 97.3 %) on the labelled source only and never sees
-    the target, as in the paper; the reader sees only target images and f's readings of them. No label of either domain is read by DTN training; source labels train f only."""
+    1,500 gave 97.3 %) on the labelled source only and never sees the target, as in the paper; the
+    reader sees only target images and f's readings of them. No label of either domain is read by DTN
+    training; source labels train f only."""
     base = digits_faithful()
     return replace(base, name="digits",
                    nets=replace(base.nets, d_conditional=True),

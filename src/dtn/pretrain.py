@@ -314,7 +314,7 @@ def refine_reader(reader: Encoder, target: Domain, steps: int, batch: int, seed:
     for p in head:
         p.requires_grad_(False)
     opt = torch.optim.SGD(reader.features.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
-    device, labelled = target.images.device, target
+    device = target.images.device
     try:
         for step in progress(range(steps), desc="refine target reader"):
             if step % relabel_every == 0:
@@ -327,9 +327,9 @@ def refine_reader(reader: Encoder, target: Domain, steps: int, batch: int, seed:
             x, y = labelled.sample(batch, gen)
             with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
                 logits = reader.classify(augment(x, gen)).float()
-            p = logits.softmax(1)
-            mean = p.mean(0)
-            loss = (-(p * torch.log(p + 1e-5)).sum(1).mean() + (mean * torch.log(mean + 1e-5)).sum()
+            probs = logits.softmax(1)
+            mean = probs.mean(0)
+            loss = (-(probs * torch.log(probs + 1e-5)).sum(1).mean() + (mean * torch.log(mean + 1e-5)).sum()
                     + 0.3 * F.cross_entropy(logits, y))
             opt.zero_grad(set_to_none=True)
             loss.backward()
