@@ -20,6 +20,9 @@ except ModuleNotFoundError:  # Python 3.10
 from .losses import CONST_DISTANCES, MARGIN_HEADS
 from .nets import NetConfig
 
+#: pretrain.reader_augment values: the keys of augment.READER_AUGMENTS (a test keeps the two equal).
+READER_AUGMENT_NAMES = ("shift", "speckle", "elastic")
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -122,7 +125,8 @@ class PretrainConfig:
                                       # so it sheds f's confident mistakes (pretrain.refine_reader)
     reader_augment: str = "shift"     # loss.target_reader: the reader's training augmentation: shift (random
                                       # translation) | speckle (also random bright specks, which then carry no
-                                      # class for it: g cannot pass it by speckling a bar onto a 1)
+                                      # class for it: g cannot pass it by speckling a bar onto a 1) | elastic
+                                      # (speckle after smooth random warps: a truer reader of the target)
     judge: bool = False               # also pretrain a second f (same recipe, seed + 1000) that training never
                                       # sees; identity retrieval is reported by it too (judge_identity_*)
     eval_epochs: int = 4              # epochs of the evaluation classifier on target train
@@ -158,9 +162,9 @@ class Config:
              "loss.class_layout must be >= 0 and loss.class_layout_grid between 1 and nets.image_size"),
             (self.loss.target_reader >= 0 and self.pretrain.reader_steps > 0
              and 0.0 < self.pretrain.reader_min_confidence < 1.0 and self.pretrain.reader_refine_steps >= 0
-             and self.pretrain.reader_augment in ("shift", "speckle"),
+             and self.pretrain.reader_augment in READER_AUGMENT_NAMES,
              "loss.target_reader must be >= 0, pretrain.reader_steps > 0, pretrain.reader_min_confidence in (0, 1), "
-             "pretrain.reader_refine_steps >= 0, pretrain.reader_augment shift or speckle"),
+             f"pretrain.reader_refine_steps >= 0, pretrain.reader_augment one of {', '.join(READER_AUGMENT_NAMES)}"),
             (not self.loss.target_reader or (self.pretrain.f_head == "softmax" and self.train.f_mode == "pretrained"),
              "loss.target_reader needs a pretrained f with pretrain.f_head softmax: f labels the reader's targets"),
             (self.pretrain.f_self_train >= 0 and (self.pretrain.f_self_train == 0 or self.pretrain.f_head == "softmax"),

@@ -22,7 +22,8 @@ from .domain import Domain
 from .errors import ConfigError
 from .metrics.pixel_fd import pooled_pixels
 from .nets import Discriminator, Encoder, Generator, init_weights
-from .pretrain import confident_readings, read_targets, shift_augment
+from .augment import shift_augment
+from .pretrain import confident_readings, read_targets
 
 
 def pick_device(name: str) -> torch.device:

@@ -7,7 +7,8 @@ import torch
 
 from ..domain import Domain
 from ..nets import LeNet, to_images
-from ..pretrain import accuracy, shift_augment, train_classifier
+from ..augment import shift_augment
+from ..pretrain import accuracy, train_classifier
 from . import EvalContext, register_metric
 
 
