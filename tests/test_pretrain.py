@@ -1,6 +1,8 @@
 """The supervised loop that pretrains f and the evaluation LeNet."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from dtn.domain import Domain
@@ -113,6 +115,27 @@ def test_target_reader_learns_f_s_confident_readings_of_the_target(reads_brightn
     assert len(pseudo) == 80 and pseudo.labels.tolist() == [0] * 40 + [1] * 40
     assert not reader.training
     assert accuracy(reader.classify, pseudo) == 1.0
+
+
+def test_a_class_share_reader_learns_every_class_where_a_threshold_keeps_only_one(reads_brightness):
+    """pretrain.reader_class_share: f is sure only of its bright readings (as f was sure only of Fashion-
+    MNIST trousers), so the threshold leaves the reader one class; the class-balanced choice gives it both."""
+    from dtn.config import PretrainConfig
+    from dtn.pretrain import train_target_reader
+
+    g = torch.Generator().manual_seed(0)
+    levels = torch.cat([torch.randint(100, 120, (40,), generator=g), torch.randint(240, 250, (40,), generator=g)])
+    images = (levels.view(-1, 1, 1, 1) + torch.randint(0, 6, (80, 1, 16, 16), generator=g)).clamp(0, 255).to(torch.uint8)
+    target = Domain(images, torch.full((80,), -1), "t", "train")
+    net, f = NetConfig(image_size=16, f_width=8, code_dim=16, num_classes=2), reads_brightness(sharpness=5)
+    by_threshold = PretrainConfig(reader_steps=60, reader_min_confidence=0.95, f_batch=32, f_lr=3e-3)
+    _, pseudo = train_target_reader(net, by_threshold, f, target)
+    assert pseudo.labels.unique().tolist() == [1]
+    reader, pseudo = train_target_reader(net, replace(by_threshold, reader_class_share=0.5), f, target)
+    assert torch.bincount(pseudo.labels).tolist() == [20, 20]         # 0.5 x 80 / 2 classes, the surest of each
+    assert (pseudo.images[pseudo.labels == 0].float().mean((1, 2, 3)) < 130).all()   # the dark ones are class 0
+    truth = Domain(images, (levels > 180).long(), "t", "test")
+    assert accuracy(reader.classify, truth) == 1.0
 
 
 class _PointReader(torch.nn.Module):

@@ -141,3 +141,7 @@ def test_a_run_trains_its_target_reader_once_keeps_it_and_resumes_with_it(folder
     assert "then refined on all of them for 2 steps" in capsys.readouterr().out, "a refined reader is cached apart"
     facts = json.loads((tmp_path / "c" / "reader.json").read_text())
     assert (facts["refine_steps"], facts["augment"]) == (2, "speckle")
+    run_dtn(_cfg(folders, **{**over, "pretrain.reader_class_share": "0.5"}), tmp_path, "d", until="train")
+    assert "most confidently as each class (share 0.5)" in capsys.readouterr().out, "a class-share reader is cached apart"
+    facts = json.loads((tmp_path / "d" / "reader.json").read_text())
+    assert facts["class_share"] == 0.5 and facts["trained_on"] < facts["of"]

@@ -120,6 +120,9 @@ class PretrainConfig:
     reader_steps: int = 1500          # loss.target_reader: training steps of the target reader
     reader_min_confidence: float = 0.99  # loss.target_reader: it learns from the target images f's head
                                       # reads with at least this softmax confidence, labelled by f
+    reader_class_share: float = 0.0   # deviation (loss.target_reader): > 0 replaces the confidence threshold by
+                                      # a class-balanced choice: for each class f predicts, the most confident
+                                      # share x N / classes of the N target images (as self-training does)
     reader_refine_steps: int = 0      # deviation (loss.target_reader): then adapt the reader to all target
                                       # images, unlabelled (SHOT: information maximisation + centroid labels),
                                       # so it sheds f's confident mistakes (pretrain.refine_reader)
@@ -161,9 +164,11 @@ class Config:
             (self.loss.class_layout >= 0 and 1 <= self.loss.class_layout_grid <= self.nets.image_size,
              "loss.class_layout must be >= 0 and loss.class_layout_grid between 1 and nets.image_size"),
             (self.loss.target_reader >= 0 and self.pretrain.reader_steps > 0
-             and 0.0 < self.pretrain.reader_min_confidence < 1.0 and self.pretrain.reader_refine_steps >= 0
+             and 0.0 < self.pretrain.reader_min_confidence < 1.0 and 0.0 <= self.pretrain.reader_class_share <= 1.0
+             and self.pretrain.reader_refine_steps >= 0
              and self.pretrain.reader_augment in READER_AUGMENT_NAMES,
              "loss.target_reader must be >= 0, pretrain.reader_steps > 0, pretrain.reader_min_confidence in (0, 1), "
+             "pretrain.reader_class_share in [0, 1], "
              f"pretrain.reader_refine_steps >= 0, pretrain.reader_augment one of {', '.join(READER_AUGMENT_NAMES)}"),
             (not self.loss.target_reader or (self.pretrain.f_head == "softmax" and self.train.f_mode == "pretrained"),
              "loss.target_reader needs a pretrained f with pretrain.f_head softmax: f labels the reader's targets"),

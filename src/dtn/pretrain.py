@@ -179,7 +179,12 @@ def confident_readings(f: Encoder, target: Domain, min_confidence: float, option
     if not len(idx):
         raise ConfigError(f"{option}={min_confidence}: f reads none of the {len(target):,} {target.name} images "
                           f"that confidently; lower it")
-    return Domain(target.images.index_select(0, idx.to(target.images.device)), predicted[idx].to(target.labels.device),
+    return labelled_subset(target, idx, predicted[idx])
+
+
+def labelled_subset(target: Domain, idx: torch.Tensor, labels: torch.Tensor) -> Domain:
+    """target's images at idx with the given (pseudo-)labels."""
+    return Domain(target.images.index_select(0, idx.to(target.images.device)), labels.to(target.labels.device),
                   target.name, target.split, target.balanced)
 
 
@@ -190,7 +195,10 @@ def train_target_reader(net_cfg: NetConfig, cfg: PretrainConfig, f: Encoder, tar
     drawn with source traits (a printed 1's flag and foot) that no target image of that class has; a
     reader of the target's own shapes does not (it reads such a 1 as a 2 or a 7, as a MNIST classifier
     does). Returns the reader (eval mode) and the pseudo-labelled images it learned from."""
-    pseudo = confident_readings(f, target, cfg.reader_min_confidence, "pretrain.reader_min_confidence")
+    if cfg.reader_class_share:
+        pseudo = labelled_subset(target, *pseudo_labels(f, target, cfg.reader_class_share))
+    else:
+        pseudo = confident_readings(f, target, cfg.reader_min_confidence, "pretrain.reader_min_confidence")
     torch.manual_seed(seed)
     reader = Encoder(net_cfg).to(target.images.device)
     init_weights(reader)
@@ -268,7 +276,7 @@ def pseudo_labels(f: Encoder, target: Domain, share: float, batch: int = 1000) -
     """(indices, labels): for each class f predicts, the `share` of the pool's size / classes most
     confidently predicted images of it. Class-balanced, so a class f rarely predicts is not drowned by
     one it over-predicts (9s read as 4s would otherwise teach f that 9s are 4s)."""
-    probs = torch.cat([f.classify(x).float().softmax(1) for x, _ in target.in_order(batch)])
+    probs = torch.cat([logits.float().softmax(1) for _, logits in read_targets(f, target, batch)])
     confidence, predicted = probs.max(1)
     per_class = int(share * len(target) / probs.shape[1])
     chosen = []
@@ -300,7 +308,7 @@ def self_train_f(f: Encoder, cfg: PretrainConfig, source: Domain, target: Domain
     for r in range(cfg.f_self_train):
         f.eval()
         idx, labels = pseudo_labels(f, pool, 0.9 * (r + 1) / cfg.f_self_train)
-        pseudo = Domain(pool.images[idx.to(pool.images.device)], labels.to(pool.labels.device), target.name, "pseudo")
+        pseudo = labelled_subset(pool, idx, labels)
         opt = torch.optim.AdamW(f.parameters(), lr=lr, weight_decay=1e-4)
         f.train()
         for step in progress(range(cfg.f_self_train_steps), desc=f"self-train f, round {r + 1}"):

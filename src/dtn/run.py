@@ -226,6 +226,16 @@ def get_f(cfg: Config, run: RunDir, domains: Domains, device: torch.device) -> E
     return f.eval()
 
 
+def reader_cache_key(cfg: Config, domains: Domains) -> str:
+    """What the target reader depends on: f, the target data and every pretrain.reader_* setting."""
+    p = cfg.pretrain
+    return (f"reader-{f_cache_key(cfg, domains)}-{cfg.data.target}-{data_fingerprint(domains.target_train)}"
+            f"-r{p.reader_steps}"
+            + (f"-share{p.reader_class_share}" if p.reader_class_share else f"-c{p.reader_min_confidence}")
+            + (f"-shot{p.reader_refine_steps}" if p.reader_refine_steps else "")
+            + (f"-{p.reader_augment}" if p.reader_augment != "shift" else ""))
+
+
 def get_reader(cfg: Config, run: RunDir, f: Encoder, domains: Domains, device: torch.device) -> Encoder | None:
     """loss.target_reader: the run's target reader (reader.safetensors), trained once per f and target
     data and cached beside f; None when the option is off."""
@@ -233,11 +243,7 @@ def get_reader(cfg: Config, run: RunDir, f: Encoder, domains: Domains, device: t
         return None
     path, reader = run.path / "reader.safetensors", Encoder(cfg.nets).to(device)
     p = cfg.pretrain
-    cached = cache_root() / "encoders" / (f"reader-{f_cache_key(cfg, domains)}-{cfg.data.target}-"
-                                          f"{data_fingerprint(domains.target_train)}-r{p.reader_steps}-c{p.reader_min_confidence}"
-                                          + (f"-shot{p.reader_refine_steps}" if p.reader_refine_steps else "")
-                                          + (f"-{p.reader_augment}" if p.reader_augment != "shift" else "")
-                                          + ".safetensors")
+    cached = cache_root() / "encoders" / f"{reader_cache_key(cfg, domains)}.safetensors"
     for source in (path, cached):
         if source.is_file():
             load_weights(reader, source)
@@ -251,6 +257,7 @@ def get_reader(cfg: Config, run: RunDir, f: Encoder, domains: Domains, device: t
     save_weights(reader, path)
     save_weights(reader, cached)
     facts = {"trained_on": len(pseudo), "of": len(domains.target_train), "min_confidence": p.reader_min_confidence,
+             "class_share": p.reader_class_share,
              "refine_steps": p.reader_refine_steps, "augment": p.reader_augment,
              "per_class": torch.bincount(pseudo.labels.cpu(), minlength=cfg.nets.num_classes).tolist(),
              "seconds": round(time.time() - t0, 1)}
@@ -258,7 +265,9 @@ def get_reader(cfg: Config, run: RunDir, f: Encoder, domains: Domains, device: t
         facts["target_test_accuracy_diagnostic_only"] = accuracy(reader.classify, domains.target_test.to(device))
     run.write_json("reader.json", facts)
     LOG(f"target reader trained in {facts['seconds']:.0f}s on the {len(pseudo):,} of {len(domains.target_train):,} "
-        f"{cfg.data.target} train images f reads with confidence >= {p.reader_min_confidence}"
+        f"{cfg.data.target} train images "
+        + (f"f reads most confidently as each class (share {p.reader_class_share})" if p.reader_class_share
+           else f"f reads with confidence >= {p.reader_min_confidence}")
         + (f", then refined on all of them for {p.reader_refine_steps} steps" if p.reader_refine_steps else "")
         + (f"; {facts['target_test_accuracy_diagnostic_only']:.2%} on {cfg.data.target} test (diagnostic only)"
            if "target_test_accuracy_diagnostic_only" in facts else ""))
