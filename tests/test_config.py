@@ -202,9 +202,17 @@ def test_class_layout_settings_out_of_range_are_refused(key, value):
                                   {"pretrain.reader_min_confidence": "1"}, {"pretrain.reader_min_confidence": "0"},
                                   {"pretrain.reader_refine_steps": "-1"}, {"pretrain.reader_augment": "noise"},
                                   {"pretrain.reader_class_share": "-0.1"}, {"pretrain.reader_class_share": "1.5"},
+                                  {"pretrain.reader_augment": "speckle,speckle"}, {"pretrain.reader_augment": "speckle,"},
                                   {"loss.target_reader": "5", "train.f_mode": "joint"},
                                   {"loss.target_reader": "5", "pretrain.f_head": "cosface",
                                    "nets.d_conditional": "false", "loss.const_distance": "mse"}])
 def test_target_reader_settings_that_cannot_work_are_refused(over):
     with pytest.raises(ConfigError, match="target_reader"):
         apply_overrides(preset("digits"), over).validate()
+
+
+def test_several_reader_augmentations_are_one_reader_each():
+    from dtn.config import reader_augments
+    cfg = apply_overrides(preset("digits"), {"pretrain.reader_augment": "speckle, elastic"}).validate()
+    assert reader_augments(cfg.pretrain.reader_augment) == ["speckle", "elastic"]
+

@@ -197,3 +197,23 @@ def test_refine_reader_undoes_f_s_confident_mistakes_without_target_labels(reads
     assert before <= 0.9 and read() >= 0.97, (before, read())
     assert all(torch.equal(a, b) for a, b in zip(head, reader.head.parameters()))
     assert all(p.requires_grad for p in reader.parameters()) and not reader.training
+
+
+class _FixedProbs(torch.nn.Module):
+    def __init__(self, probs: list[float]) -> None:
+        super().__init__()
+        self.logits = torch.tensor(probs).log()
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(len(x), -1)
+
+
+def test_a_reader_ensemble_reads_the_normalised_product_of_its_readers():
+    """Two readers that disagree cancel out; one that is unsure leaves the other's reading, softened."""
+    from dtn.pretrain import ReaderEnsemble
+    x = torch.zeros(3, 1, 4, 4)
+    split = ReaderEnsemble([_FixedProbs([0.9, 0.1]), _FixedProbs([0.1, 0.9])]).classify(x).softmax(1)
+    assert torch.allclose(split, torch.full((3, 2), 0.5))
+    softened = ReaderEnsemble([_FixedProbs([0.9, 0.1]), _FixedProbs([0.5, 0.5])]).classify(x).softmax(1)
+    assert torch.allclose(softened[0], torch.tensor([0.75, 0.25]))       # sqrt(.45) : sqrt(.05) = 3 : 1
+

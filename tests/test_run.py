@@ -145,3 +145,11 @@ def test_a_run_trains_its_target_reader_once_keeps_it_and_resumes_with_it(folder
     assert "most confidently as each class (share 0.5)" in capsys.readouterr().out, "a class-share reader is cached apart"
     facts = json.loads((tmp_path / "d" / "reader.json").read_text())
     assert facts["class_share"] == 0.5 and facts["trained_on"] < facts["of"]
+    run_dtn(_cfg(folders, **{**over, "pretrain.reader_augment": "shift,speckle"}), tmp_path, "e", until="train")
+    out = capsys.readouterr().out
+    assert out.count("target reader loaded from cache") == 1 and out.count("target reader trained") == 1, \
+        "several augmentations: one reader each, the shift one is run a's"
+    e = RunDir(tmp_path / "e").path
+    assert (e / "reader-shift.safetensors").read_bytes() == a.read_bytes()
+    assert json.loads((e / "reader-speckle.json").read_text())["augment"] == "speckle"
+    assert not (e / "reader.safetensors").exists()

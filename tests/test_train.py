@@ -759,3 +759,16 @@ def test_conditional_d_needs_a_classifier_f():
     from dtn.errors import ConfigError
     with pytest.raises(ConfigError, match="d_conditional"):
         make_cfg(nets__d_conditional=True, pretrain__f_head="cosface").validate()
+
+
+def test_a_reader_ensemble_is_a_target_reader_that_stays_frozen():
+    """pretrain.reader_augment with several names: L_READ reads G(x) by all readers at once and trains g only."""
+    from dtn.pretrain import ReaderEnsemble
+    cfg = make_cfg(loss__target_reader="50", loss__alpha="0", loss__beta="0", loss__gan="false")
+    readers = ReaderEnsemble([make_f(cfg, seed=3), make_f(cfg, seed=4)])
+    tr = Trainer(cfg, make_f(cfg), *make_domains(), CPU, reader=readers)
+    before, g_before = snapshot(readers), params_snapshot(tr.g)
+    losses_seen = [tr.g_update()[0]["read"].item() for _ in range(8)]
+    assert not all_equal(tr.g, g_before) and all_equal(readers, before, params_only=False)
+    assert all(p.grad is None for p in readers.parameters())
+    assert losses_seen[-1] < losses_seen[0], f"g learns to make both readers agree with f: {losses_seen}"

@@ -24,6 +24,16 @@ from .nets import NetConfig
 READER_AUGMENT_NAMES = ("shift", "speckle", "elastic")
 
 
+def reader_augments(value: str) -> list[str]:
+    """pretrain.reader_augment as a list: one target reader is trained per augmentation named."""
+    return [name.strip() for name in value.split(",")]
+
+
+def reader_augments_valid(value: str) -> bool:
+    names = reader_augments(value)
+    return len(set(names)) == len(names) and all(name in READER_AUGMENT_NAMES for name in names)
+
+
 @dataclass(frozen=True)
 class DataConfig:
     source: str = "synth-digits"      # registry name or folder; labeled (labels train f only)
@@ -129,7 +139,9 @@ class PretrainConfig:
     reader_augment: str = "shift"     # loss.target_reader: the reader's training augmentation: shift (random
                                       # translation) | speckle (also random bright specks, which then carry no
                                       # class for it: g cannot pass it by speckling a bar onto a 1) | elastic
-                                      # (speckle after smooth random warps: a truer reader of the target)
+                                      # (speckle after smooth random warps: a truer reader of the target);
+                                      # several, comma-separated: one reader each, and L_READ asks all of them
+                                      # (the product of their readings), so g must pass every one
     judge: bool = False               # also pretrain a second f (same recipe, seed + 1000) that training never
                                       # sees; identity retrieval is reported by it too (judge_identity_*)
     eval_epochs: int = 4              # epochs of the evaluation classifier on target train
@@ -166,10 +178,11 @@ class Config:
             (self.loss.target_reader >= 0 and self.pretrain.reader_steps > 0
              and 0.0 < self.pretrain.reader_min_confidence < 1.0 and 0.0 <= self.pretrain.reader_class_share <= 1.0
              and self.pretrain.reader_refine_steps >= 0
-             and self.pretrain.reader_augment in READER_AUGMENT_NAMES,
+             and reader_augments_valid(self.pretrain.reader_augment),
              "loss.target_reader must be >= 0, pretrain.reader_steps > 0, pretrain.reader_min_confidence in (0, 1), "
              "pretrain.reader_class_share in [0, 1], "
-             f"pretrain.reader_refine_steps >= 0, pretrain.reader_augment one of {', '.join(READER_AUGMENT_NAMES)}"),
+             f"pretrain.reader_refine_steps >= 0, pretrain.reader_augment one or more (comma-separated, each once) of "
+             f"{', '.join(READER_AUGMENT_NAMES)}"),
             (not self.loss.target_reader or (self.pretrain.f_head == "softmax" and self.train.f_mode == "pretrained"),
              "loss.target_reader needs a pretrained f with pretrain.f_head softmax: f labels the reader's targets"),
             (self.pretrain.f_self_train >= 0 and (self.pretrain.f_self_train == 0 or self.pretrain.f_head == "softmax"),

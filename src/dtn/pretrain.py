@@ -210,6 +210,21 @@ def train_target_reader(net_cfg: NetConfig, cfg: PretrainConfig, f: Encoder, tar
     return reader.eval(), pseudo
 
 
+class ReaderEnsemble(nn.Module):
+    """Several target readers read as one (pretrain.reader_augment with several names): classify returns
+    the mean of their log-probabilities, whose softmax is the normalised product of their readings, so a
+    class only one reader sees in G(x) stays unlikely. Why: g learns to pass the reader it trains
+    against (a scratch screen: a second reader rejects 44-58 % of what the first let through); passing
+    readers taught differently at once is harder."""
+
+    def __init__(self, readers: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.readers = nn.ModuleList(readers)
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([r.classify(x).float().log_softmax(1) for r in self.readers]).mean(0)
+
+
 @torch.no_grad()
 def centroid_labels(reader: Encoder, target: Domain, batch: int = 1000, rounds: int = 2) -> torch.Tensor:
     """A class for every target image by nearest class centroid in the space the reader's head reads

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from . import metrics
-from .config import Config, to_toml
+from .config import Config, reader_augments, to_toml
 from .distributed import Dist, prepare, process_device, session
 from .domain import Domain, load_domain
 from .errors import DtnError, RunError
@@ -24,8 +25,8 @@ from .data.base import cache_root
 from .data.classes import parse_classes, select_classes
 from .data.shapes import class_count, native_channels
 from .metrics.retrieval import encoder_quality
-from .pretrain import (PRETRAIN_VERSION, accuracy, data_fingerprint, eval_classifier, pretrain_f, self_train_f,
-                       train_target_reader)
+from .pretrain import (PRETRAIN_VERSION, ReaderEnsemble, accuracy, data_fingerprint, eval_classifier, pretrain_f,
+                       self_train_f, train_target_reader)
 from .report import save_grid, save_pairs_grid
 from .rundir import RunDir
 from .train import Trainer, pick_device
@@ -236,12 +237,22 @@ def reader_cache_key(cfg: Config, domains: Domains) -> str:
             + (f"-{p.reader_augment}" if p.reader_augment != "shift" else ""))
 
 
-def get_reader(cfg: Config, run: RunDir, f: Encoder, domains: Domains, device: torch.device) -> Encoder | None:
+def get_reader(cfg: Config, run: RunDir, f: Encoder, domains: Domains, device: torch.device) -> nn.Module | None:
     """loss.target_reader: the run's target reader (reader.safetensors), trained once per f and target
-    data and cached beside f; None when the option is off."""
+    data and cached beside f; None when the option is off. Several pretrain.reader_augment names give one
+    reader each (reader-NAME.safetensors / .json), read together as a ReaderEnsemble."""
     if not cfg.loss.target_reader:
         return None
-    path, reader = run.path / "reader.safetensors", Encoder(cfg.nets).to(device)
+    names = reader_augments(cfg.pretrain.reader_augment)
+    if len(names) == 1:
+        return _one_reader(cfg, run, f, domains, device, "reader")
+    return ReaderEnsemble([_one_reader(replace(cfg, pretrain=replace(cfg.pretrain, reader_augment=name)), run, f,
+                                       domains, device, f"reader-{name}") for name in names]).eval()
+
+
+def _one_reader(cfg: Config, run: RunDir, f: Encoder, domains: Domains, device: torch.device, stem: str) -> Encoder:
+    """One target reader: from the run dir (a resumed run), else the cache, else trained (and cached)."""
+    path, reader = run.path / f"{stem}.safetensors", Encoder(cfg.nets).to(device)
     p = cfg.pretrain
     cached = cache_root() / "encoders" / f"{reader_cache_key(cfg, domains)}.safetensors"
     for source in (path, cached):
@@ -263,7 +274,7 @@ def get_reader(cfg: Config, run: RunDir, f: Encoder, domains: Domains, device: t
              "seconds": round(time.time() - t0, 1)}
     if len(domains.target_test) and domains.target_test.labels.min() >= 0:
         facts["target_test_accuracy_diagnostic_only"] = accuracy(reader.classify, domains.target_test.to(device))
-    run.write_json("reader.json", facts)
+    run.write_json(f"{stem}.json", facts)
     LOG(f"target reader trained in {facts['seconds']:.0f}s on the {len(pseudo):,} of {len(domains.target_train):,} "
         f"{cfg.data.target} train images "
         + (f"f reads most confidently as each class (share {p.reader_class_share})" if p.reader_class_share

@@ -111,7 +111,7 @@ class Trainer:
     """Owns f, g, D, their optimizers, the step counter and the sampling RNG."""
 
     def __init__(self, cfg: Config, f: Encoder, source: Domain, target: Domain,
-                 device: torch.device | None = None, reader: Encoder | None = None) -> None:
+                 device: torch.device | None = None, reader: nn.Module | None = None) -> None:
         self.cfg = cfg.validate()
         self.device = device or pick_device(cfg.train.device)
         self.source, self.target = source.to(self.device), target.to(self.device)
