@@ -179,8 +179,8 @@ def test_diff_from_default():
 
 def test_digits_is_digits_faithful_plus_its_six_named_deviations():
     """The default digits preset differs from digits-faithful in exactly the deviations its docstring
-    names (conditional D, KL L_CONST, augmented L_CONST, g_ema, L_LAYOUT, L_READ with its refined, speckle-taught
-    reader) and f's longer pretraining:
+    names (conditional D, KL L_CONST, augmented L_CONST, g_ema, L_LAYOUT, L_READ with its refined,
+    speckle- and warp-taught reader) and f's longer pretraining:
     nothing else drifts, and f, as in the paper, never sees the target (no self-training)."""
     ours, faithful = diff_from_default(preset("digits")), diff_from_default(preset("digits-faithful"))
     changed = {k for k in set(ours) | set(faithful) if ours.get(k) != faithful.get(k)}

@@ -44,7 +44,12 @@ ABLATIONS: dict[str, Ablation] = {a.name: a for a in (
     Ablation("no-target-reader", {"loss.target_reader": "0"}, None, "no L_READ"),
     Ablation("unrefined-reader", {"pretrain.reader_refine_steps": "0"}, None,
              "L_READ's reader not refined on all target images"),
-    Ablation("shift-reader", {"pretrain.reader_augment": "shift"}, None, "L_READ's reader not taught that specks carry no class"),
+    Ablation("shift-reader", {"pretrain.reader_augment": "shift"}, None,
+             "L_READ's reader taught neither specks nor warped strokes"),
+    Ablation("speckle-reader", {"pretrain.reader_augment": "speckle"}, None,
+             "L_READ's reader taught specks but not warped strokes"),
+    Ablation("reader-ensemble", {"pretrain.reader_augment": "speckle,elastic"}, None,
+             "two L_READ readers (speckle-, warp-taught), read as one"),
     Ablation("f-steps-1500", {"pretrain.f_steps": "1500"}, None, "f pretrained 1,500 steps, not 4,000"),
     Ablation("self-training", {"pretrain.f_self_train": "3"}, None, "f self-trained on target images it labels"),
 )}
