@@ -225,9 +225,9 @@ def digits() -> Config:
     bright specks carry no class, so g cannot pass it by speckling a bar onto a 1 (exp_speckle_*.json),
     and taught on warped strokes as well (pretrain.reader_augment = elastic: it reads MNIST better and
     rejects more of what g draws to pass a reader; exp_elastic_*.json). f is pretrained for 4,000 steps
-    (98.5-98.9 % on synth test; 1,500 gave 97.3 %) on the labelled source only and never sees the target, as in the paper; the
-    reader sees only target images and f's readings of them. No label of either domain is read by DTN
-    training; source labels train f only."""
+    (98.5-98.9 % on synth test; 1,500 gave 97.3 %) on the labelled source only and never sees the
+    target, as in the paper; the reader sees only target images and f's readings of them. No label of
+    either domain is read by DTN training; source labels train f only."""
     base = digits_faithful()
     return replace(base, name="digits",
                    nets=replace(base.nets, d_conditional=True),
