@@ -45,12 +45,13 @@ def reading_report(labels: torch.Tensor, probs: torch.Tensor) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run")
-    p.add_argument("--reader", action="store_true", help="also read the target with RUN/reader.safetensors")
+    p.add_argument("--reader", action="store_true", help="also read the target with the run's target reader(s), RUN/reader*.safetensors")
     p.add_argument("--out")
     args = p.parse_args()
     from dtn.apply import DTN
     from dtn.metrics import batched
     from dtn.nets import Encoder, to_float
+    from dtn.pretrain import ReaderEnsemble
     from dtn.run import load_domains
     from dtn.weights import load_weights
 
@@ -64,9 +65,15 @@ def main() -> None:
     out = {"command": "python bench/f_target_reading.py " + " ".join(sys.argv[1:]), "run": args.run,
            "target": model.cfg.data.target, "n": len(test), **read(model.f.classify)}
     if args.reader:
-        reader = Encoder(model.cfg.nets)
-        load_weights(reader, Path(args.run) / "reader.safetensors")
-        out["reader"] = read(reader.eval().classify)
+        paths = sorted(Path(args.run).glob("reader*.safetensors"))     # reader-NAME.safetensors: an ensemble
+        if not paths:
+            raise SystemExit(f"{args.run}: no reader*.safetensors (was loss.target_reader on?)")
+        readers = []
+        for path in paths:
+            readers.append(Encoder(model.cfg.nets))
+            load_weights(readers[-1], path)
+        out["reader"] = read(ReaderEnsemble(readers).eval().classify)
+        out["reader_files"] = [path.name for path in paths]
     out["machine"] = machine_info()
     path = Path(args.out) if args.out else RESULTS / f"f_target_reading_{Path(args.run).name}.json"
     path.write_text(json.dumps(out, indent=2) + "\n")
