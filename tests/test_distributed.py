@@ -47,6 +47,15 @@ def states(trainer: Trainer) -> dict[str, torch.Tensor]:
     return {f"{n}.{k}": v.detach().clone() for n in ("g", "d") for k, v in getattr(trainer, n).state_dict().items()}
 
 
+def train_in_process_group(d: Dist) -> dict:
+    """STEPS steps of one rank. The trainer (and its DDP wrappers) ends with this call, inside the
+    session, as it does in run.py: DDP objects outliving the process group can abort the process."""
+    trainer = prepare(make_trainer(OVERRIDES), d)
+    losses = [{k: float(v) for k, v in d.mean(trainer.train_step().values).items()} for _ in range(STEPS)]
+    return {"losses": losses, "states": states(trainer), "shard": trainer.sample()[0].shape[0],
+            "global_bn_layers": sum(isinstance(m, GlobalBatchNorm2d) for m in trainer.g.modules())}
+
+
 def _worker(rank: int, world: int, port: int, out: str) -> None:
     """Trains twice: as dtn does (global BatchNorm), then with per-rank BatchNorm statistics (plain DDP)
     to show that the comparison below would catch the difference."""
@@ -57,13 +66,9 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     results = {}
     with session(torch.device("cpu")) as d:
-        for variant in ("global_bn", "per_rank_bn"):
-            if variant == "per_rank_bn":
-                distributed.global_batchnorm = lambda module: module
-            trainer = prepare(make_trainer(OVERRIDES), d)
-            losses = [{k: float(v) for k, v in d.mean(trainer.train_step().values).items()} for _ in range(STEPS)]
-            results[variant] = {"losses": losses, "states": states(trainer), "shard": trainer.sample()[0].shape[0],
-                                "global_bn_layers": sum(isinstance(m, GlobalBatchNorm2d) for m in trainer.g.modules())}
+        results["global_bn"] = train_in_process_group(d)
+        distributed.global_batchnorm = lambda module: module
+        results["per_rank_bn"] = train_in_process_group(d)
     if rank == 0:
         torch.save(results, out)
 

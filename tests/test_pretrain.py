@@ -3,9 +3,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
 import torch
 
 from dtn.domain import Domain
+from dtn.errors import ConfigError
 from dtn.nets import Encoder, NetConfig, init_weights
 from dtn.pretrain import accuracy, train_classifier
 
@@ -52,6 +54,9 @@ def test_pseudo_labels_keep_the_most_confident_share_of_each_class():
     assert sorted(idx[labels == 0].tolist()) == list(range(25, 30))   # 0.25 * 40 / 2 = 5 per class, the top 5
     assert sorted(idx[labels == 1].tolist()) == list(range(35, 40))
     assert len(idx) == 10
+    with pytest.raises(ConfigError, match="pretrain.reader_class_share: a share of 0.02 of 40 t images"):
+        pseudo_labels(_FixedLogits(logits), Domain(images, torch.full((n,), -1), "t", "train"), share=0.02,
+                      option="pretrain.reader_class_share")       # 0.02 * 40 / 2 < 1 image per class
 
 
 def _digit_like(n: int, channels: int, seed: int) -> Domain:

@@ -23,6 +23,7 @@ of each process's slice instead of the first half of the global batch (still hal
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -112,6 +113,9 @@ def session(device: torch.device) -> Iterator[Dist]:
             yield replace(d, device=device)
     finally:
         if owns:
+            # DDP wrappers hold the process group; one that outlives it (kept by a reference cycle) is
+            # freed at interpreter exit, when gloo's threads can abort the process. Free them first.
+            gc.collect()
             dist.destroy_process_group()
 
 

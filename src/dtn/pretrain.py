@@ -196,7 +196,8 @@ def train_target_reader(net_cfg: NetConfig, cfg: PretrainConfig, f: Encoder, tar
     reader of the target's own shapes does not (it reads such a 1 as a 2 or a 7, as a MNIST classifier
     does). Returns the reader (eval mode) and the pseudo-labelled images it learned from."""
     if cfg.reader_class_share:
-        pseudo = labelled_subset(target, *pseudo_labels(f, target, cfg.reader_class_share))
+        pseudo = labelled_subset(target, *pseudo_labels(f, target, cfg.reader_class_share,
+                                                           option="pretrain.reader_class_share"))
     else:
         pseudo = confident_readings(f, target, cfg.reader_min_confidence, "pretrain.reader_min_confidence")
     torch.manual_seed(seed)
@@ -287,13 +288,18 @@ SELF_TRAIN_POOL = 20_000    # target images f labels in each round (a fixed subs
 
 
 @torch.no_grad()
-def pseudo_labels(f: Encoder, target: Domain, share: float, batch: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+def pseudo_labels(f: Encoder, target: Domain, share: float, batch: int = 1000,
+                  option: str = "pretrain.f_self_train") -> tuple[torch.Tensor, torch.Tensor]:
     """(indices, labels): for each class f predicts, the `share` of the pool's size / classes most
     confidently predicted images of it. Class-balanced, so a class f rarely predicts is not drowned by
-    one it over-predicts (9s read as 4s would otherwise teach f that 9s are 4s)."""
+    one it over-predicts (9s read as 4s would otherwise teach f that 9s are 4s). `option` names the
+    setting in the error raised when the share leaves no image per class."""
     probs = torch.cat([logits.float().softmax(1) for _, logits in read_targets(f, target, batch)])
     confidence, predicted = probs.max(1)
     per_class = int(share * len(target) / probs.shape[1])
+    if per_class < 1:
+        raise ConfigError(f"{option}: a share of {share:g} of {len(target):,} {target.name} images over "
+                          f"{probs.shape[1]} classes is less than one image per class; raise it")
     chosen = []
     for c in range(probs.shape[1]):
         idx = torch.nonzero(predicted == c).flatten()
