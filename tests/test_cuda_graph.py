@@ -64,6 +64,7 @@ def test_balanced_sampling_draws_the_same_indices_ahead():
 @pytest.mark.parametrize("override,reason", [
     ({"loss.const_augment": True}, "const_augment"), ({"train.d_loss_floor": 0.1}, "d_loss_floor"),
     ({"train.g_ema": 0.99}, "g_ema"), ({"optim.optimizer": "sgd"}, "sgd"), ({"train.cuda_graphs": False}, "cuda_graphs"),
+    ({"loss.alpha_ramp_steps": 100}, "alpha_ramp_steps"), ({"loss.alpha_start_step": 100}, "alpha_start_step"),
 ])
 def test_options_that_read_the_host_each_step_keep_the_step_eager(override, reason):
     cfg = apply_overrides(make_cfg(), override)

@@ -213,6 +213,26 @@ def test_g_total_combines_weighted_terms():
     assert out["g_total"] == pytest.approx(expected, rel=1e-5)
 
 
+def test_alpha_schedule_holds_l_const_off_then_ramps_it_up():
+    """loss.alpha_start_step 2, alpha_ramp_steps 4: L_CONST weighs 0 for steps 0-1, then 1/4, 2/4, 3/4
+    of alpha, then alpha; the total G loss is built with that weight (g learns the look first)."""
+    t = make_trainer(loss__alpha=2.0, loss__beta=3.0, loss__gamma=0.5, loss__alpha_start_step=2,
+                     loss__alpha_ramp_steps=4)
+    weights = []
+    for _ in range(7):
+        weights.append(t.alpha_now)
+        out = t.train_step().items()
+        rest = 3.0 * out["tid"] + 0.5 * out["tv"] + out["gang"]
+        assert out["g_total"] == pytest.approx(weights[-1] * out["const"] + rest, rel=1e-5)
+    assert weights == [0.0, 0.0, 0.5, 1.0, 1.5, 2.0, 2.0]
+    assert make_trainer(loss__alpha=2.0, loss__alpha_start_step=3).alpha_now == 0.0
+    jump = make_trainer(loss__alpha=2.0, loss__alpha_start_step=1)
+    jump.train_step()
+    assert jump.alpha_now == 2.0, "no ramp: the full weight from alpha_start_step on"
+    with pytest.raises(ConfigError, match="alpha_ramp_steps"):
+        make_cfg(loss__alpha_ramp_steps=-1).validate()
+
+
 # ----------------------------------------------------------------------------- options
 
 @pytest.mark.parametrize("distance", ["mse", "cosine", "mse+cosine"])

@@ -49,6 +49,9 @@ class DataConfig:
 @dataclass(frozen=True)
 class LossConfig:
     alpha: float = 15.0               # weight of L_CONST
+    alpha_start_step: int = 0         # deviation: L_CONST weighs 0 before this step (g learns the target's
+                                      # look from L_GANG and L_TID first), then rises to alpha linearly over
+    alpha_ramp_steps: int = 0         # these steps (0 = at once). Both 0: alpha from the first step
     beta: float = 15.0                # weight of L_TID
     gamma: float = 0.0                # weight of L_TV
     tv_power: float = 1.0             # B in L_TV
@@ -172,6 +175,8 @@ class Config:
             (self.train.steps >= 0 and self.train.batch_size > 0, "train.steps >= 0 and train.batch_size > 0"),
             (self.train.d_steps >= 0 and self.train.g_steps >= 1, "train.d_steps >= 0 and train.g_steps >= 1"),
             (0.0 <= self.train.g_ema < 1.0, "train.g_ema must be in [0, 1) (0 = off)"),
+            (self.loss.alpha_start_step >= 0 and self.loss.alpha_ramp_steps >= 0,
+             "loss.alpha_start_step and loss.alpha_ramp_steps must be >= 0"),
             (0.0 <= self.train.target_min_confidence < 1.0, "train.target_min_confidence must be in [0, 1) (0 = off)"),
             (self.loss.class_layout >= 0 and 1 <= self.loss.class_layout_grid <= self.nets.image_size,
              "loss.class_layout must be >= 0 and loss.class_layout_grid between 1 and nets.image_size"),

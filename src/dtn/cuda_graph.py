@@ -33,6 +33,8 @@ def blockers(cfg, device: torch.device) -> list[str]:
         (not cfg.loss.const_augment, "loss.const_augment draws its blur on the host each step"),
         (cfg.train.d_loss_floor <= 0, "train.d_loss_floor reads L_D on the host each step"),
         (cfg.train.g_ema <= 0, "train.g_ema's decay changes each step"),
+        (not (cfg.loss.alpha_start_step or cfg.loss.alpha_ramp_steps),
+         "loss.alpha_start_step / alpha_ramp_steps change L_CONST's weight during training"),
     ]
     return [why for ok, why in checks if not ok]
 

@@ -208,6 +208,15 @@ class Trainer:
         return self.step < self.cfg.train.warmup_steps
 
     @property
+    def alpha_now(self) -> float:
+        """L_CONST's weight at this step (loss.alpha_start_step / alpha_ramp_steps: 0, then a linear rise)."""
+        cfg = self.cfg.loss
+        past = self.step - cfg.alpha_start_step
+        if past < 0:
+            return 0.0
+        return cfg.alpha * min(1.0, (past + 1) / cfg.alpha_ramp_steps) if cfg.alpha_ramp_steps else cfg.alpha
+
+    @property
     def gan_active(self) -> bool:
         return self.cfg.loss.gan and not self.in_warmup
 
@@ -279,7 +288,7 @@ class Trainer:
         if self.reader is not None:       # L_READ: the target reader must read in G(x) the class f reads in x
             parts["read"] = losses.const_kl_loss(self.f_logits(cs).detach(), self.reader.classify(gs_for_f))
         parts["tid"] = losses.tid_loss(xt, gt)
-        total = cfg.alpha * parts["const"] + cfg.beta * parts["tid"]
+        total = self.alpha_now * parts["const"] + cfg.beta * parts["tid"]
         if "read" in parts:
             total = total + cfg.target_reader * parts["read"]
         if cfg.gamma:
