@@ -60,6 +60,7 @@ def test_any_two_folders_run_with_channels_and_classes_from_the_data(tmp_path, d
     assert (cfg.nets.source_channels, cfg.nets.target_channels, cfg.nets.num_classes) == (3, 1, 10)
     results = json.loads((tmp_path / "pair" / "results.json").read_text())
     assert 0 <= results["transfer_accuracy"] <= 1 and results["skipped_metrics"] == {}
+    assert results["target_kept_to_classes_by_labels"] == [], "no --classes: no curation by target labels"
 
 
 def test_class_subset_and_balanced_sampling_in_a_run(tmp_path, digit_folders):
@@ -71,6 +72,11 @@ def test_class_subset_and_balanced_sampling_in_a_run(tmp_path, digit_folders):
     results = json.loads((tmp_path / "two" / "results.json").read_text())
     assert results["n_source_test"] == 6                               # 3 test images of each of the 2 classes
     assert len(results["confusion"]) == 10                              # at least 10x10, as for digits
+    assert results["target_kept_to_classes_by_labels"] == ["3", "7"], "the curation by target labels is recorded"
+    from dtn.bundle import model_card
+    from dtn.rundir import RunDir
+    card = model_card(RunDir.open(tmp_path / "two"), cfg, results["steps"], "last")
+    assert "kept to the classes 3, 7 by their labels" in card and "labels kept it to the classes asked" in card
 
 
 def test_an_unlabelled_target_skips_label_metrics(tmp_path, digit_folders, monkeypatch):

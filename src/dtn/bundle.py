@@ -171,6 +171,9 @@ def _metrics_section(run: RunDir, step: int) -> list[str]:
                   "classifier on the raw source images |", ""]
         if res.get("uses_source_labels_in_dtn"):
             lines += ["L_CONST used source labels (`ce`) during DTN training: not unsupervised.", ""]
+        if res.get("target_kept_to_classes_by_labels"):
+            lines += [f"The target images were kept to the classes {', '.join(res['target_kept_to_classes_by_labels'])} "
+                      "by their labels (`data.classes`): a curation that read target labels.", ""]
         if res.get("steps") != step:
             lines += [f"This bundle holds step {step}, not step {res.get('steps')}: those numbers describe "
                       "another checkpoint.", ""]
@@ -188,6 +191,13 @@ def _metrics_section(run: RunDir, step: int) -> list[str]:
             lines += [f"Label-free selection signals of this step (`dtn select {where}`, "
                       f"chosen step {sel.get('chosen_step')}): {signals}.", ""]
     return lines
+
+
+def target_labels_use(cfg: Config) -> str:
+    """Where a run read the target's labels (the model card's data table)."""
+    if cfg.data.classes:
+        return "labels kept it to the classes asked (data.classes); none in training; labels in evaluation"
+    return "no labels in training; labels only in evaluation"
 
 
 def model_card(run: RunDir, cfg: Config, step: int, choice: str) -> str:
@@ -209,7 +219,7 @@ def model_card(run: RunDir, cfg: Config, step: int, choice: str) -> str:
         "## Data", "",
         "| role | dataset | description | licence |", "|---|---|---|---|",
         f"| source (labels pretrain f) | `{cfg.data.source}` | {src_desc} | {src_lic} |",
-        f"| target (no labels in training; labels only in evaluation) | `{cfg.data.target}` | {tgt_desc} | {tgt_lic} |",
+        f"| target ({target_labels_use(cfg)}) | `{cfg.data.target}` | {tgt_desc} | {tgt_lic} |",
         "",
     ]
     if f_facts:

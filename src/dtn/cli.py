@@ -275,7 +275,8 @@ def _run_args(r: argparse.ArgumentParser, presets) -> None:
     r.add_argument("--target", metavar="NAME", help="target dataset (registered name or image folder); "
                    "channels follow the data")
     r.add_argument("--classes", metavar="A,B", help="keep only these classes in source and target, relabelled "
-                   "in this order (e.g. trouser,pullover)")
+                   "in this order (e.g. trouser,pullover); the target is kept to them by its labels, a curation "
+                   "results.json and the model card record")
     r.add_argument("--balanced", action="store_true", help="sample the source class-balanced")
     r.add_argument("--resume", action="store_true", help="continue the run in --runs-dir/--name")
     r.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")

@@ -577,6 +577,8 @@ def _run_dtn(cfg: Config, path: Path, resume: bool, until: str, tensorboard: boo
     final.update({"steps": trainer.step, "train_seconds": round(time.time() - t1, 1),
                   "total_seconds": round(time.time() - t0, 1), "source": cfg.data.source,
                   "target": cfg.data.target, "uses_source_labels_in_dtn": cfg.loss.const_distance == "ce",
+                  # data.classes keeps target images by their labels: a curation, not part of the method
+                  "target_kept_to_classes_by_labels": list(parse_classes(cfg.data.classes)),
                   "n_source_test": len(domains.source_test)})
     run.write_json("results.json", final)
     run.set_status("done")
