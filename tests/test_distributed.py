@@ -4,10 +4,12 @@ the same losses step after step and the same weights after, BatchNorm statistics
 from __future__ import annotations
 
 import csv
+import gc
 import os
 import socket
 import subprocess
 import sys
+import weakref
 
 import pytest
 import torch
@@ -47,10 +49,11 @@ def states(trainer: Trainer) -> dict[str, torch.Tensor]:
     return {f"{n}.{k}": v.detach().clone() for n in ("g", "d") for k, v in getattr(trainer, n).state_dict().items()}
 
 
-def train_in_process_group(d: Dist) -> dict:
-    """STEPS steps of one rank. The trainer (and its DDP wrappers) ends with this call, inside the
-    session, as it does in run.py: DDP objects outliving the process group can abort the process."""
+def train_in_process_group(d: Dist, wrappers: list) -> dict:
+    """STEPS steps of one rank. The trainer ends with this call, inside the session, as it does in
+    run.py; weak references to its DDP wrappers go into `wrappers`."""
     trainer = prepare(make_trainer(OVERRIDES), d)
+    wrappers += [weakref.ref(trainer.g_train), weakref.ref(trainer.d_train)]
     losses = [{k: float(v) for k, v in d.mean(trainer.train_step().values).items()} for _ in range(STEPS)]
     return {"losses": losses, "states": states(trainer), "shard": trainer.sample()[0].shape[0],
             "global_bn_layers": sum(isinstance(m, GlobalBatchNorm2d) for m in trainer.g.modules())}
@@ -64,11 +67,17 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    results = {}
+    results, wrappers = {}, []
+    gc.disable()            # DDP holds reference cycles: only an explicit collection frees a dropped wrapper
     with session(torch.device("cpu")) as d:
-        results["global_bn"] = train_in_process_group(d)
+        results["global_bn"] = train_in_process_group(d, wrappers)
         distributed.global_batchnorm = lambda module: module
-        results["per_rank_bn"] = train_in_process_group(d)
+        results["per_rank_bn"] = train_in_process_group(d, wrappers)
+        results["wrappers_alive_in_session"] = sum(r() is not None for r in wrappers)
+    # session() collected them before destroying the process group (one freed later, at exit, while gloo's
+    # threads run, can abort the process: CI saw it once)
+    results["wrappers_alive_after"] = sum(r() is not None for r in wrappers)
+    gc.enable()
     if rank == 0:
         torch.save(results, out)
 
@@ -97,6 +106,8 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
     ddp = two["global_bn"]
     assert ddp["shard"] == OVERRIDES["train.batch_size"] // 2 and ddp["global_bn_layers"] > 0
     assert mismatches(ddp, losses, states(one)) == []
+    assert two["wrappers_alive_in_session"] > 0, "dropped DDP wrappers outlive their trainer (reference cycles)"
+    assert two["wrappers_alive_after"] == 0, "session() must free them before destroying the process group"
     plain = two["per_rank_bn"]
     assert plain["global_bn_layers"] == 0
     assert len(mismatches(plain, losses, states(one))) > 10, "per-rank BatchNorm should not pass this comparison"
