@@ -28,9 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import add_speed_args, machine_info, result_path, speed_device, write_result  # noqa: E402
 from reference_step import make_loader, make_nets, reference_step  # noqa: E402
 
-from dtn.config import apply_overrides, parse_set_args, preset  # noqa: E402
+from dtn.config import apply_overrides, parse_set_args, preset, reader_augments  # noqa: E402
 from dtn.domain import Domain  # noqa: E402
 from dtn.nets import Encoder, init_weights  # noqa: E402
+from dtn.pretrain import ReaderEnsemble  # noqa: E402
 from dtn.train import Trainer  # noqa: E402
 
 GOAL = 2.5
@@ -51,6 +52,19 @@ def nchw(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
 
 
+def random_reader(cfg):
+    """L_READ's reader(s) with random weights (None when the preset has no L_READ): a reader's cost does
+    not depend on what it learned, and training one takes minutes."""
+    if not cfg.loss.target_reader:
+        return None
+    readers = []
+    for _ in reader_augments(cfg.pretrain.reader_augment):
+        reader = Encoder(cfg.nets)
+        init_weights(reader)
+        readers.append(reader.eval().requires_grad_(False))
+    return readers[0] if len(readers) == 1 else ReaderEnsemble(readers)
+
+
 def build(cfg, device: torch.device, n: int, workers: int):
     """The Trainer and a reference port holding copies of the Trainer's initial weights."""
     src, tgt, labels = random_domains(n, cfg)
@@ -59,7 +73,7 @@ def build(cfg, device: torch.device, n: int, workers: int):
     init_weights(f)
     source = Domain(nchw(src), torch.from_numpy(labels), "random-source", "train")
     target = Domain(nchw(tgt), torch.full((n,), -1), "random-target", "train")
-    trainer = Trainer(cfg, f.eval(), source, target, device)
+    trainer = Trainer(cfg, f.eval(), source, target, device, random_reader(cfg))
     trainer.step = cfg.train.warmup_steps          # time the full step, GAN terms included
     plain = {k: copy.deepcopy(m).to(memory_format=torch.contiguous_format) for k, m in trainer.modules().items()}
     nets = make_nets(cfg, plain["f"].eval(), plain["g"], plain["d"], float(trainer.code_scale))

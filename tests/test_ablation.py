@@ -108,3 +108,19 @@ def test_a_finished_row_is_reused_not_evaluated_again(tmp_path, monkeypatch):
     results = run_ablations(digits(), ["full", "no-tid", "no-gan"], runs, None, "x")
     assert calls == [("digits-no-tid", True), ("digits-no-gan", True)]
     assert results["full"]["transfer_accuracy"] == 0.9 and results["no-tid"]["transfer_accuracy"] == 0.5
+
+
+def test_a_row_resumes_only_with_its_own_config(tmp_path):
+    """check_same_config: a changed setting refuses the resume, naming it; settings that only say how
+    or where it runs, and "auto" precision (the run recorded what it resolved to), do not."""
+    from dtn.ablation import check_same_config
+    from dtn.config import apply_overrides, tiny
+    from dtn.errors import RunError
+    from dtn.rundir import RunDir
+    stored = apply_overrides(tiny(), {"train.precision": "fp32"})
+    RunDir.create(tmp_path / "row", stored)
+    check_same_config(tmp_path / "row", apply_overrides(stored, {"train.precision": "auto", "train.threads": "2"}))
+    with pytest.raises(RunError, match=r"loss.alpha 15.0 there, 3.0 now"):
+        check_same_config(tmp_path / "row", apply_overrides(stored, {"loss.alpha": "3"}))
+    with pytest.raises(RunError, match=r"train.precision 'fp32' there, 'bf16' now"):
+        check_same_config(tmp_path / "row", apply_overrides(stored, {"train.precision": "bf16"}))

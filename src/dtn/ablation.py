@@ -142,7 +142,8 @@ def check_same_config(run_path: Path, cfg: Config) -> None:
 
     stored = RunDir.open(run_path).config()
     changed = {k: v for k, v in diff_configs(stored, cfg).items()
-               if k not in RESUMABLE_CHANGES and not (k.startswith("nets.") and v[1] == 0)}   # 0: filled from data
+               if k not in RESUMABLE_CHANGES and not (k.startswith("nets.") and v[1] == 0)   # 0: filled from data
+               and not (k == "train.precision" and v[1] == "auto")}                       # resolved when it ran
     if changed:
         listed = ", ".join(f"{k} {old!r} there, {new!r} now" for k, (old, new) in sorted(changed.items()))
         raise RunError(f"{run_path} was trained with another config ({listed}); choose another --runs-dir "

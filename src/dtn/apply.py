@@ -24,6 +24,7 @@ from .data.image_folder import EXTENSIONS, BadImage, _list_images, decode_worker
 from .domain import resize_uint8
 from .errors import ConfigError, DataError, DtnError, RunError
 from .nets import Encoder, Generator, to_float, to_images
+from .precision import resolve_precision
 from .rundir import RunDir, inference_weights, load_module_weights
 from .weights import load_tensors
 
@@ -104,7 +105,7 @@ class DTN:
         if not len(x):
             return x.new_zeros((0,))
         fmt = torch.channels_last if self.cfg.train.channels_last else torch.contiguous_format
-        bf16 = self.cfg.train.precision == "bf16"
+        bf16 = resolve_precision(self.cfg.train.precision, self.device) == "bf16"
         outs = []
         for i in range(0, len(x), batch):
             chunk = x[i:i + batch].to(self.device).contiguous(memory_format=fmt)

@@ -101,7 +101,9 @@ class TrainConfig:
                                       # moving average of g's weights (decay per G update; 0 = off)
     seed: int = 0
     device: str = "auto"              # auto | cpu | cuda | cuda:N
-    precision: str = "bf16"           # bf16 (autocast) | fp32
+    precision: str = "auto"           # auto (bf16 where the device computes it natively: a CUDA GPU, a CPU
+                                      # with AVX512-BF16 or AMX; else fp32) | bf16 (autocast) | fp32.
+                                      # A run records the precision it used in its config.toml
     channels_last: bool = True
     cuda_graphs: bool = True          # on a CUDA device, replay each step as one captured CUDA graph
                                       # (same arithmetic as eager; cuda_graph.py says which options prevent it)
@@ -171,7 +173,7 @@ class Config:
             (self.optim.optimizer in ("adam", "sgd"), "optim.optimizer must be adam or sgd"),
             (self.optim.schedule in ("constant", "cosine", "linear"), "optim.schedule must be constant, cosine or linear"),
             (self.train.f_mode in ("pretrained", "random", "joint"), "train.f_mode must be pretrained, random or joint"),
-            (self.train.precision in ("bf16", "fp32"), "train.precision must be bf16 or fp32"),
+            (self.train.precision in ("auto", "bf16", "fp32"), "train.precision must be auto, bf16 or fp32"),
             (self.train.steps >= 0 and self.train.batch_size > 0, "train.steps >= 0 and train.batch_size > 0"),
             (self.train.d_steps >= 0 and self.train.g_steps >= 1, "train.d_steps >= 0 and train.g_steps >= 1"),
             (0.0 <= self.train.g_ema < 1.0, "train.g_ema must be in [0, 1) (0 = off)"),

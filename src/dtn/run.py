@@ -29,6 +29,7 @@ from .pretrain import (PRETRAIN_VERSION, ReaderEnsemble, accuracy, data_fingerpr
                        self_train_f, train_target_reader)
 from .report import save_grid, save_pairs_grid
 from .rundir import RunDir
+from .precision import resolve_precision
 from .train import Trainer, pick_device
 from .weights import atomic_write, load_weights, save_weights
 
@@ -75,8 +76,19 @@ def fill_from_data(cfg: Config) -> Config:
     return replace(cfg, nets=replace(n, **updates)) if updates else cfg
 
 
-def autocast_dtype(cfg: Config):
-    return torch.bfloat16 if cfg.train.precision == "bf16" else None
+def autocast_dtype(cfg: Config, device: torch.device | None = None):
+    """bf16 for pretraining's autocast when the run's precision (resolved on `device`) is bf16."""
+    device = device or pick_device(cfg.train.device)
+    return torch.bfloat16 if resolve_precision(cfg.train.precision, device) == "bf16" else None
+
+
+def with_precision_for(cfg: Config, device: torch.device) -> Config:
+    """train.precision "auto" replaced by what it means on `device`, so config.toml records what ran."""
+    chosen = resolve_precision(cfg.train.precision, device)
+    if cfg.train.precision == "auto" and chosen == "fp32":
+        LOG(f"precision: fp32 ({device.type} has no native bf16, where bf16 autocast runs many times slower; "
+            "train.precision=bf16 forces it)")
+    return replace(cfg, train=replace(cfg.train, precision=chosen))
 
 
 def f_cache_key(cfg: Config, domains: Domains) -> str:
@@ -518,6 +530,7 @@ def run_dtn(cfg: Config, runs_dir: Path, name: str, resume: bool = False, until:
 
 def _run_dtn(cfg: Config, path: Path, resume: bool, until: str, tensorboard: bool, dist: Dist) -> dict:
     device = process_device(dist, pick_device(cfg.train.device))
+    cfg = with_precision_for(cfg, device)
     run = start_run(cfg, path, resume, dist)
     if tensorboard and until != "pretrain" and dist.is_main:
         open_scalar_log(run, resume)

@@ -23,6 +23,7 @@ from .errors import ConfigError
 from .metrics.pixel_fd import pooled_pixels
 from .nets import Discriminator, Encoder, Generator, init_weights
 from .augment import shift_augment
+from .precision import resolve_precision
 from .pretrain import confident_readings, read_targets
 
 
@@ -114,6 +115,7 @@ class Trainer:
                  device: torch.device | None = None, reader: nn.Module | None = None) -> None:
         self.cfg = cfg.validate()
         self.device = device or pick_device(cfg.train.device)
+        self.precision = resolve_precision(cfg.train.precision, self.device)
         self.source, self.target = source.to(self.device), target.to(self.device)
         self.f = f.to(self.device)
         self.g = Generator(cfg.nets).to(self.device)
@@ -198,7 +200,7 @@ class Trainer:
         return 1.0
 
     def autocast(self):
-        if self.cfg.train.precision == "bf16":
+        if self.precision == "bf16":
             # a graph capture must not reuse casts cached outside it; the casts themselves are the same
             return torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=self.graphs is None)
         return nullcontext()

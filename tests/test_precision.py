@@ -1,0 +1,38 @@
+"""precision.py: train.precision auto picks bf16 only where the device computes it natively, and a run
+records what it used."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dtn.config import apply_overrides, tiny
+from dtn.precision import resolve_precision
+from dtn.rundir import RunDir
+from dtn.run import run_dtn
+
+
+def _cpu_bf16(monkeypatch, avx512_bf16: bool, amx: bool) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+
+
+@pytest.mark.parametrize("avx512_bf16,amx,expected", [(False, False, "fp32"), (True, False, "bf16"),
+                                                       (False, True, "bf16"), (True, True, "bf16")])
+def test_auto_is_bf16_only_on_a_cpu_that_computes_it(monkeypatch, avx512_bf16, amx, expected):
+    _cpu_bf16(monkeypatch, avx512_bf16, amx)
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == expected
+    assert resolve_precision("bf16", cpu) == "bf16" and resolve_precision("fp32", cpu) == "fp32", "asked: kept"
+
+
+def test_a_run_records_the_precision_auto_chose(digit_folders, tmp_path, monkeypatch, capsys):
+    _cpu_bf16(monkeypatch, False, False)                     # an AVX2-only CPU
+    src, tgt = digit_folders
+    cfg = apply_overrides(tiny(), {"data.source": f"folder:{src}", "data.target": f"folder:{tgt}",
+                                   "train.precision": "auto", "train.device": "cpu"})
+    run_dtn(cfg, tmp_path, "auto", until="train")
+    assert RunDir(tmp_path / "auto").config().train.precision == "fp32"
+    assert "precision: fp32 (cpu has no native bf16" in capsys.readouterr().out
+    _cpu_bf16(monkeypatch, False, True)                      # an AMX CPU
+    run_dtn(apply_overrides(cfg, {"train.steps": "2"}), tmp_path, "amx", until="train")
+    assert RunDir(tmp_path / "amx").config().train.precision == "bf16"
