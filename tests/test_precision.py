@@ -36,3 +36,17 @@ def test_a_run_records_the_precision_auto_chose(digit_folders, tmp_path, monkeyp
     _cpu_bf16(monkeypatch, False, True)                      # an AMX CPU
     run_dtn(apply_overrides(cfg, {"train.steps": "2"}), tmp_path, "amx", until="train")
     assert RunDir(tmp_path / "amx").config().train.precision == "bf16"
+
+
+@pytest.mark.parametrize("precision,native,expected", [("bf16", True, True), ("bf16", False, False),
+                                                        ("auto", True, True), ("fp32", True, False)])
+def test_transfer_uses_bf16_only_where_the_run_did_and_the_device_computes_it(monkeypatch, precision, native,
+                                                                              expected):
+    from dtn.apply import DTN
+    from dtn.nets import Encoder, Generator
+    _cpu_bf16(monkeypatch, False, native)
+    cfg = apply_overrides(tiny(), {"train.precision": precision})
+    model = DTN(cfg, Encoder(cfg.nets), Generator(cfg.nets))
+    assert model.bf16 is expected
+    out = model.transfer_tensor(torch.rand(2, cfg.nets.source_channels, 32, 32) * 2 - 1)
+    assert out.dtype == torch.float32 and out.shape == (2, cfg.nets.target_channels, 32, 32)

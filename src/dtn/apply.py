@@ -24,7 +24,7 @@ from .data.image_folder import EXTENSIONS, BadImage, _list_images, decode_worker
 from .domain import resize_uint8
 from .errors import ConfigError, DataError, DtnError, RunError
 from .nets import Encoder, Generator, to_float, to_images
-from .precision import resolve_precision
+from .precision import native_bf16
 from .rundir import RunDir, inference_weights, load_module_weights
 from .weights import load_tensors
 
@@ -70,6 +70,9 @@ class DTN:
                  step: int | None = None) -> None:
         self.cfg, self.device, self.step = cfg, resolve_device(device), step
         self.f, self.g = f.to(self.device).eval(), g.to(self.device).eval()
+        # the run's bf16 where this device computes it natively; elsewhere fp32, since emulated bf16 is
+        # many times slower (bench/results/precision_avx2.json) and differs from fp32 only in rounding
+        self.bf16 = cfg.train.precision in ("bf16", "auto") and native_bf16(self.device)
         if cfg.train.channels_last:
             self.f.to(memory_format=torch.channels_last)
             self.g.to(memory_format=torch.channels_last)
@@ -100,16 +103,16 @@ class DTN:
     def transfer_tensor(self, x: torch.Tensor, batch: int = 1000) -> torch.Tensor:
         """float source images [-1, 1] (N, C, S, S) -> float target images [-1, 1].
 
-        Runs with the run's precision (bf16 autocast by default) and channels_last, exactly as the
-        Trainer's evaluation does: the images out are the ones `dtn run` scored, and about 2x faster."""
+        Runs with the run's precision and channels_last, as the Trainer's evaluation does: on a device
+        like the one that trained it, the images out are the ones `dtn run` scored. A bf16 run on a
+        device without native bf16 transfers in fp32 (self.bf16)."""
         if not len(x):
             return x.new_zeros((0,))
         fmt = torch.channels_last if self.cfg.train.channels_last else torch.contiguous_format
-        bf16 = resolve_precision(self.cfg.train.precision, self.device) == "bf16"
         outs = []
         for i in range(0, len(x), batch):
             chunk = x[i:i + batch].to(self.device).contiguous(memory_format=fmt)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                 outs.append(self.g(self.f(chunk)).float().cpu())
         return torch.cat(outs)
 
