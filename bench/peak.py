@@ -26,6 +26,7 @@ from machine import add_speed_args, machine_info, result_path, speed_device, wri
 from train_step import build, sync  # noqa: E402
 
 from dtn.config import apply_overrides, preset  # noqa: E402
+from dtn.precision import resolve_precision  # noqa: E402
 
 GOAL = 0.5
 
@@ -86,7 +87,7 @@ def main() -> None:
     step_s = min(times)
     peaks = {k: max(v) for k, v in rates.items()}
     achieved = flops / step_s
-    precision = "bf16" if cfg.train.precision == "bf16" else "fp32"
+    precision = resolve_precision(cfg.train.precision, device)
     fraction = achieved / peaks["bf16"]
     result = {
         "command": "python bench/peak.py " + " ".join(sys.argv[1:]),
