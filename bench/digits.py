@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
-
-import torch
 
 from dtn.cli import data_overrides
 from dtn.data import load as load_split
@@ -26,7 +23,8 @@ from dtn.config import apply_overrides, parse_set_args, preset, to_dict
 from dtn.rundir import RunDir
 from dtn.run import run_dtn
 
-RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import RESULTS, machine_info  # noqa: E402
 
 
 def main() -> None:
@@ -61,7 +59,7 @@ def main() -> None:
     first_90 = next((r for r in curve if r.get("transfer_accuracy", 0) >= 0.90), None)
     out = {
         "command": "python bench/digits.py " + " ".join(sys.argv[1:]),
-        "preset": args.preset, "overrides": overrides, "config": to_dict(cfg), "resumed": bool(args.resume),
+        "preset": args.preset, "overrides": overrides, "config": to_dict(run.config()), "resumed": bool(args.resume),
         "run": str(run.path),
         "transfer_accuracy": final["transfer_accuracy"], "fld": final.get("fld"),
         "f_consistency": final.get("f_consistency"), "source_baseline_accuracy": final.get("source_baseline_accuracy"),
@@ -72,8 +70,7 @@ def main() -> None:
         "first_eval_at_or_above_90": first_90 and {"step": first_90["step"], "seconds": first_90["seconds"],
                                                    "accuracy_on_eval_subset": first_90["transfer_accuracy"]},
         "curve": curve, "f_pretraining": run.read_json("f.json") if (run.path / "f.json").exists() else None,
-        "machine": {"cpu_count": torch.get_num_threads(), "platform": platform.platform(),
-                    "torch": torch.__version__},
+        "machine": machine_info(),
     }
     if cfg.data.target == "mnist":   # the digits goals of issue #5; other pairs have none yet
         out.update(goal_90_met=final["transfer_accuracy"] >= 0.90, goal_97_met=final["transfer_accuracy"] >= 0.97,
