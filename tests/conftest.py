@@ -20,6 +20,27 @@ _ENV_DATA_DIR = os.environ.get("DTN_DATA_DIR")
 
 
 @pytest.fixture
+def wait_for_training():
+    """wait(proc, metrics_csv, rows): until the run has logged more than `rows` metric rows. Fails, with
+    the run's stderr, if it exits first or takes over 5 minutes (a loaded CI machine is slow, but a
+    signal sent before training starts tests nothing)."""
+    import subprocess
+    import time
+
+    def wait(proc: subprocess.Popen, metrics: Path, rows: int = 3, timeout: float = 300.0) -> None:
+        deadline = time.time() + timeout
+        while not (metrics.exists() and len(metrics.read_text().splitlines()) > rows):
+            if proc.poll() is not None:
+                pytest.fail(f"the run exited ({proc.returncode}) before training: {proc.stderr.read()[-2000:]}")
+            if time.time() > deadline:
+                proc.kill()
+                pytest.fail(f"the run logged no {rows} steps in {timeout:.0f} s")
+            time.sleep(0.1)
+
+    return wait
+
+
+@pytest.fixture
 def load_bench():
     """Import a bench/ script by name (bench/ is not a package): load_bench("time_to_90")."""
     import importlib.util

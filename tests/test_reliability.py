@@ -143,7 +143,7 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(digit
         assert {k: r.get(k) for k in LOSS_COLUMNS} == {k: ref.get(k) for k in LOSS_COLUMNS}, f"step {r['step']}"
 
 
-def test_sigint_saves_a_checkpoint_and_exits_cleanly(digit_folders, tmp_path):
+def test_sigint_saves_a_checkpoint_and_exits_cleanly(digit_folders, tmp_path, wait_for_training):
     """A real `python -m dtn.cli` process: Ctrl-C during training saves a checkpoint, prints one line
     naming the step and the resume command, exits with 2; `--resume` then finishes the run."""
     src, tgt = digit_folders
@@ -152,9 +152,7 @@ def test_sigint_saves_a_checkpoint_and_exits_cleanly(digit_folders, tmp_path):
             "--set", f"data.source=folder:{src}", "--set", f"data.target=folder:{tgt}", "--set", "train.threads=1",
             "--set", "train.steps=100000", "--set", "train.ckpt_every=100000", "--set", "train.eval_every=0"]
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    metrics, deadline = tmp_path / "r" / "metrics.csv", time.time() + 60
-    while not (metrics.exists() and len(metrics.read_text().splitlines()) > 3) and time.time() < deadline:
-        time.sleep(0.1)
+    wait_for_training(proc, tmp_path / "r" / "metrics.csv")
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2, err

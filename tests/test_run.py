@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -62,17 +61,14 @@ def test_nan_weights_are_caught_too(folders, tmp_path, monkeypatch):
     assert [s for s, _ in RunDir(tmp_path / "r").checkpoints()] == [1]
 
 
-def test_sigterm_saves_a_checkpoint_and_resume_finishes(folders, tmp_path):
+def test_sigterm_saves_a_checkpoint_and_resume_finishes(folders, tmp_path, wait_for_training):
     src, tgt = folders
     env = {**os.environ, "DTN_QUIET": "1", "DTN_TEST_THREADS": "1", "OMP_NUM_THREADS": "1"}
     args = [sys.executable, "-m", "dtn.cli", "run", "tiny", "--runs-dir", str(tmp_path), "--name", "r",
             "--set", f"data.source=folder:{src}", "--set", f"data.target=folder:{tgt}",
             "--set", "train.steps=100000", "--set", "train.ckpt_every=100000", "--set", "train.eval_every=0"]
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    metrics = tmp_path / "r" / "metrics.csv"
-    deadline = time.time() + 60
-    while not (metrics.exists() and len(metrics.read_text().splitlines()) > 3) and time.time() < deadline:
-        time.sleep(0.2)
+    wait_for_training(proc, tmp_path / "r" / "metrics.csv")
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2, err
