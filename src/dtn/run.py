@@ -25,11 +25,11 @@ from .data.base import cache_root
 from .data.classes import parse_classes, select_classes
 from .data.shapes import class_count, native_channels
 from .metrics.retrieval import encoder_quality
+from .precision import resolve_precision
 from .pretrain import (PRETRAIN_VERSION, ReaderEnsemble, accuracy, data_fingerprint, eval_classifier, pretrain_f,
                        self_train_f, train_target_reader)
 from .report import save_grid, save_pairs_grid
 from .rundir import RunDir
-from .precision import resolve_precision
 from .train import Trainer, pick_device
 from .weights import atomic_write, load_weights, save_weights
 
@@ -76,10 +76,9 @@ def fill_from_data(cfg: Config) -> Config:
     return replace(cfg, nets=replace(n, **updates)) if updates else cfg
 
 
-def autocast_dtype(cfg: Config, device: torch.device | None = None):
-    """bf16 for pretraining's autocast when the run's precision (resolved on `device`) is bf16."""
-    device = device or pick_device(cfg.train.device)
-    return torch.bfloat16 if resolve_precision(cfg.train.precision, device) == "bf16" else None
+def autocast_dtype(cfg: Config):
+    """bf16 for pretraining's autocast when the run's precision (auto resolved on its device) is bf16."""
+    return torch.bfloat16 if resolve_precision(cfg.train.precision, pick_device(cfg.train.device)) == "bf16" else None
 
 
 def with_precision_for(cfg: Config, device: torch.device) -> Config:
