@@ -50,3 +50,42 @@ def test_transfer_uses_bf16_only_where_the_run_did_and_the_device_computes_it(mo
     assert model.bf16 is expected
     out = model.transfer_tensor(torch.rand(2, cfg.nets.source_channels, 32, 32) * 2 - 1)
     assert out.dtype == torch.float32 and out.shape == (2, cfg.nets.target_channels, 32, 32)
+
+
+@pytest.mark.parametrize("native,expected", [(False, "fp32"), (True, "bf16")])
+def test_evaluate_runs_a_bf16_run_in_fp32_where_bf16_is_emulated(tiny_run_dir, tmp_path, monkeypatch, native,
+                                                                 expected):
+    import shutil
+
+    import dtn.train
+    from dtn.apply import evaluate_run
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run_dir, run)
+    toml = run / "config.toml"
+    assert 'precision = "fp32"' in toml.read_text()
+    toml.write_text(toml.read_text().replace('precision = "fp32"', 'precision = "bf16"'))
+    _cpu_bf16(monkeypatch, False, native)
+    used = []
+
+    class SpyTrainer(dtn.train.Trainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            used.append(self.precision)
+
+    monkeypatch.setattr(dtn.train, "Trainer", SpyTrainer)
+    result = evaluate_run(run, names=("transfer_accuracy",))
+    assert result["precision"] == expected and used == [expected]
+    assert 0 <= result["transfer_accuracy"] <= 1
+
+
+@pytest.mark.parametrize("precision,native,warned", [("bf16", False, True), ("bf16", True, False),
+                                                     ("fp32", False, False)])
+def test_training_in_emulated_bf16_is_warned_about(monkeypatch, capsys, precision, native, warned):
+    from dtn.run import with_precision_for
+    _cpu_bf16(monkeypatch, False, native)
+    cfg = with_precision_for(apply_overrides(tiny(), {"train.precision": precision}), torch.device("cpu"))
+    assert cfg.train.precision == precision, "a resume keeps the recorded precision"
+    out = capsys.readouterr().out
+    assert ("warning: training in bf16 on a cpu without native bf16" in out) is warned
+    if warned:
+        assert "--set train.precision=fp32" in out

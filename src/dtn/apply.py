@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ from .data.image_folder import EXTENSIONS, BadImage, _list_images, decode_worker
 from .domain import resize_uint8
 from .errors import ConfigError, DataError, DtnError, RunError
 from .nets import Encoder, Generator, to_float, to_images
-from .precision import native_bf16
+from .precision import inference_precision
 from .rundir import RunDir, inference_weights, load_module_weights
 from .weights import load_tensors
 
@@ -72,7 +72,7 @@ class DTN:
         self.f, self.g = f.to(self.device).eval(), g.to(self.device).eval()
         # the run's bf16 where this device computes it natively; elsewhere fp32, since emulated bf16 is
         # many times slower (bench/results/precision_avx2.json) and differs from fp32 only in rounding
-        self.bf16 = cfg.train.precision in ("bf16", "auto") and native_bf16(self.device)
+        self.bf16 = inference_precision(cfg.train.precision, self.device) == "bf16"
         if cfg.train.channels_last:
             self.f.to(memory_format=torch.channels_last)
             self.g.to(memory_format=torch.channels_last)
@@ -412,6 +412,8 @@ def evaluate_run(run_path: Path, checkpoint: str | None = None, names: tuple[str
 
     run = RunDir.open(run_path)
     cfg = run.config()
+    precision = inference_precision(cfg.train.precision, torch.device("cpu"))
+    cfg = replace(cfg, train=replace(cfg.train, precision=precision))
     domains = load_domains(cfg)
     classifier = get_classifier(cfg, domains, torch.device("cpu"))
     trainer = Trainer(cfg, Encoder(cfg.nets), domains.source_train.subset(64), domains.target_train.subset(64),
@@ -423,4 +425,5 @@ def evaluate_run(run_path: Path, checkpoint: str | None = None, names: tuple[str
                       judge=get_judge(cfg, domains, torch.device("cpu")))
     result["checkpoint"] = str(ckpt)
     result["step"] = step
+    result["precision"] = precision     # fp32 for a bf16 run on a CPU that only emulates bf16
     return result

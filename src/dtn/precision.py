@@ -27,3 +27,19 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision != "auto":
         return precision
     return "bf16" if native_bf16(device) else "fp32"
+
+
+def inference_precision(recorded: str, device: torch.device) -> str:
+    """The precision to apply or evaluate a stored run in: its own (auto resolved on `device`), except
+    bf16 where `device` only emulates it, where fp32 gives the same numbers up to rounding many times
+    faster. Training and resuming keep the recorded precision instead, so a resume stays exact."""
+    return "bf16" if recorded in ("bf16", "auto") and native_bf16(device) else "fp32"
+
+
+def emulated_bf16_warning(precision: str, device: torch.device) -> str | None:
+    """A line for the log when a run will train in bf16 on a device that only emulates it."""
+    if precision != "bf16" or native_bf16(device):
+        return None
+    return (f"warning: training in bf16 on a {device.type} without native bf16, where it runs many times slower "
+            "than fp32 (17x for a digits step on an AVX2 CPU, bench/results/precision_avx2.json); a resumed "
+            "bf16 run keeps bf16 to stay exact: --set train.precision=fp32 continues it in fp32 instead")

@@ -25,7 +25,7 @@ from .data.base import cache_root
 from .data.classes import parse_classes, select_classes
 from .data.shapes import class_count, native_channels
 from .metrics.retrieval import encoder_quality
-from .precision import resolve_precision
+from .precision import emulated_bf16_warning, resolve_precision
 from .pretrain import (PRETRAIN_VERSION, ReaderEnsemble, accuracy, data_fingerprint, eval_classifier, pretrain_f,
                        self_train_f, train_target_reader)
 from .report import save_grid, save_pairs_grid
@@ -87,6 +87,8 @@ def with_precision_for(cfg: Config, device: torch.device) -> Config:
     if cfg.train.precision == "auto" and chosen == "fp32":
         LOG(f"precision: fp32 ({device.type} has no native bf16, where bf16 autocast runs many times slower; "
             "train.precision=bf16 forces it)")
+    if warning := emulated_bf16_warning(chosen, device):
+        LOG(warning)
     return replace(cfg, train=replace(cfg.train, precision=chosen))
 
 
