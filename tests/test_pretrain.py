@@ -1,6 +1,7 @@
 """The supervised loop that pretrains f and the evaluation LeNet."""
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import pytest
@@ -24,10 +25,13 @@ def test_train_classifier_learns_a_separable_source():
     f = Encoder(NetConfig(f_width=8, code_dim=16))
     init_weights(f)
     before = accuracy(f.classify, domain)
+    said: list[str] = []
     train_classifier(f, f.classify, domain, steps=60, batch=32, lr=3e-3,
-                     augment=lambda x, g: x, seed=0, desc="test")
+                     augment=lambda x, g: x, seed=0, desc="bars classifier", say=said.append)
     after = accuracy(f.classify, domain)
     assert after > 0.9 and after > before
+    # a few steps in it says, once, how long the rest takes (minutes for f or the reader on a CPU)
+    assert len(said) == 1 and re.fullmatch(r"bars classifier: \d+\.\d\d s per step, about \d+ s to go", said[0])
 
 
 # ----------------------------------------------------------------------------- self-training (f_self_train)

@@ -58,8 +58,11 @@ def train_classifier(model: nn.Module, logits_fn, domain: Domain, steps: int, ba
                      say: Callable[[str], None] | None = None) -> None:
     """A plain supervised loop: AdamW over model's parameters, warm-up + cosine, random-index batches;
     the loss is cross-entropy of logits_fn(x), or loss_fn(x, labels) when given (a margin softmax or the
-    avatar estimator's per-category heads need the labels). `say` hears, a few steps in, how long the
-    rest will take on this device (measured, not guessed)."""
+    avatar estimator's per-category heads need the labels). `say` (default: print) hears, a few steps
+    in, how long the rest will take on this device (measured, not guessed): f, the reader and the
+    evaluation classifier can take many minutes on a CPU and would otherwise train in silence where
+    no progress bar is shown (a log file, --quiet)."""
+    say = say or print
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     device = domain.images.device
@@ -68,7 +71,7 @@ def train_classifier(model: nn.Module, logits_fn, domain: Domain, steps: int, ba
     for step in progress(range(steps), desc=desc):
         if say and step == timed:
             per_step = (time.perf_counter() - clock) / timed
-            say(f"{per_step:.2f} s per step: about {duration(per_step * (steps - timed))} to go")
+            say(f"{desc}: {per_step:.2f} s per step, about {duration(per_step * (steps - timed))} to go")
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, steps, lr)
         x, y = domain.sample(batch, gen)
