@@ -114,7 +114,8 @@ def g_losses(nets: ReferenceNets, xs: torch.Tensor, xt: torch.Tensor, cfg: Confi
         z = torch.cat([fake_s, fake_t])
         dx = z[..., :-1, 1:] - z[..., :-1, :-1]
         dy = z[..., 1:, :-1] - z[..., :-1, :-1]
-        out["tv"] = (dx ** 2 + dy ** 2).clamp_min(1e-12).pow(cfg.loss.tv_power / 2).sum((-2, -1)).mean()
+        per_pixel = (dx ** 2 + dy ** 2).clamp_min(1e-12).pow(cfg.loss.tv_power / 2)
+        out["tv"] = (per_pixel.mean((-2, -1)) if cfg.loss.tv_reduction == "mean" else per_pixel.sum((-2, -1))).mean()
     return out
 
 

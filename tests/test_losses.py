@@ -198,6 +198,16 @@ def test_tv_loss_matches_double_loop(power):
     assert losses.tv_loss(z, power).item() == pytest.approx(_tv_loop(z, power), rel=1e-5)
 
 
+@pytest.mark.parametrize("power", [1.0, 2.0])
+def test_tv_loss_mean_is_the_sum_over_the_pixel_differences_it_sums(power):
+    """tv_reduction mean: the per-image sum divided by the (H-1)(W-1) terms it adds, whatever the size."""
+    for size in (5, 9):
+        z = torch.randn(3, 2, size, size + 1, generator=torch.Generator().manual_seed(size))
+        terms = (size - 1) * size
+        assert losses.tv_loss(z, power, "mean").item() == pytest.approx(losses.tv_loss(z, power).item() / terms,
+                                                                      rel=1e-5)
+
+
 def test_tv_loss_small_hand_example():
     z = torch.tensor([[[[0.0, 3.0], [4.0, 0.0]]]])
     # one (i, j) = (0, 0): dx = 3, dy = 4 -> sqrt(25) = 5 for B = 1, 25 for B = 2

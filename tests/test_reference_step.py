@@ -41,7 +41,8 @@ def setup(**overrides):
 
 
 @pytest.mark.parametrize("overrides", [{}, {"nets.g_input_norm": True, "loss.tv_power": 2.0},
-                                       {"loss.code_scale": "none", "train.channels_last": False}])
+                                       {"loss.code_scale": "none", "train.channels_last": False},
+                                       {"loss.gamma": 0.05, "loss.tv_reduction": "mean"}])
 def test_reference_losses_equal_the_trainers(overrides):
     cfg, trainer, nets, _ = setup(**overrides)
     xs, ys, xt = trainer.sample()

@@ -511,12 +511,12 @@ def test_gamma_adds_tv(monkeypatch):
     spy = Spy(monkeypatch, "tv_loss")
     assert "tv" not in make_trainer().train_step().values
     assert not spy.calls
-    t = make_trainer(loss__gamma=0.05, loss__tv_power=2.0)
+    t = make_trainer(loss__gamma=0.05, loss__tv_power=2.0, loss__tv_reduction="mean")
     out = t.train_step()
     assert "tv" in out.values and out.items()["tv"] >= 0
     (args, _kw), = spy.calls
-    images, power = args
-    assert images.shape == (2 * t.cfg.train.batch_size, 1, 32, 32) and power == 2.0
+    images, power, reduction = args
+    assert images.shape == (2 * t.cfg.train.batch_size, 1, 32, 32) and power == 2.0 and reduction == "mean"
 
 
 def test_code_scale():

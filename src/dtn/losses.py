@@ -78,15 +78,18 @@ def tid_loss(t: torch.Tensor, g_t: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(g_t.float(), t.float())
 
 
-def tv_loss(z: torch.Tensor, power: float = 1.0) -> torch.Tensor:
+def tv_loss(z: torch.Tensor, power: float = 1.0, reduction: str = "sum") -> torch.Tensor:
     """L_TV(z) = sum_ij ((z_{i,j+1}-z_ij)^2 + (z_{i+1,j}-z_ij)^2)^(B/2), summed per image and
-    averaged over the batch and channels. B = power."""
+    averaged over the batch and channels. B = power. reduction "mean" averages over i, j instead of
+    summing: the per-pixel scale of tid_loss's MSE, so that gamma / beta means what it means for two
+    per-image sums (the paper's), whatever the image size."""
     z = z.float()
     dx = z[..., :-1, 1:] - z[..., :-1, :-1]
     dy = z[..., 1:, :-1] - z[..., :-1, :-1]
     sq = dx * dx + dy * dy
     per_pixel = sq.clamp_min(1e-12).pow(power / 2) if power != 2 else sq
-    return per_pixel.sum(dim=(-2, -1)).mean()
+    per_image = per_pixel.mean(dim=(-2, -1)) if reduction == "mean" else per_pixel.sum(dim=(-2, -1))
+    return per_image.mean()
 
 
 def class_layout_loss(layout: torch.Tensor, classes: torch.Tensor, class_means: torch.Tensor) -> torch.Tensor:

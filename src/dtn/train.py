@@ -294,7 +294,7 @@ class Trainer:
         if "read" in parts:
             total = total + cfg.target_reader * parts["read"]
         if cfg.gamma:
-            parts["tv"] = losses.tv_loss(torch.cat([gs, gt]), cfg.tv_power)
+            parts["tv"] = losses.tv_loss(torch.cat([gs, gt]), cfg.tv_power, cfg.tv_reduction)
             total = total + cfg.gamma * parts["tv"]
         ys_hat, yt_hat = self.d_conditions(cs, ct)
         if self.layouts is not None:
