@@ -7,7 +7,8 @@ FLOPs per step come from torch.utils.flop_counter.FlopCounterMode around one Tra
 Adam is not counted, so the fraction is a lower bound on how busy the step keeps the cores). The peak
 is the best of repeated large torch.mm calls in bf16 and in fp32, on all threads, alternating with the
 timed steps; bf16's only where the device computes it natively (emulated bf16 matmuls take minutes on an
-AVX2 CPU and are no peak), and the goal is then judged against the fp32 peak. The achieved rate is FLOPs / best step time (the median is reported too), with the GAN
+AVX2 CPU and are no peak), and the goal is then judged against the fp32 peak. The achieved rate is
+FLOPs / best step time (the median is reported too), with the GAN
 terms on (the step counter starts after the warm-up).
 Writes bench/results/peak.json (peak_cuda.json with --device cuda).
 """

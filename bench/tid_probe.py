@@ -23,21 +23,19 @@ import torch
 from PIL import Image
 
 from dtn.config import apply_overrides, parse_set_args
-from dtn.nets import Encoder, to_images
-from dtn.run import load_domains
+from dtn.nets import to_images
+from dtn.run import get_f, load_domains
 from dtn.rundir import RunDir
 from dtn.train import Trainer
-from dtn.weights import load_weights
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def probe(run: RunDir, overrides: dict, steps: int, domains, image_path: Path) -> list[dict]:
     cfg = apply_overrides(run.config(), {"loss.alpha_start_step": str(steps + 1), "train.g_ema": "0", **overrides})
-    f = Encoder(cfg.nets)
-    load_weights(f, run.path / "f.safetensors")
+    f = get_f(cfg, run, domains, torch.device("cpu"))          # the run's f.safetensors
     torch.manual_seed(cfg.train.seed)
-    trainer = Trainer(cfg, f.eval(), domains.source_train, domains.target_train, torch.device("cpu"))
+    trainer = Trainer(cfg, f, domains.source_train, domains.target_train, torch.device("cpu"))
     curve, t0 = [], time.time()
     for step in range(1, steps + 1):
         out = trainer.train_step()

@@ -291,8 +291,9 @@ def faces() -> Config:
 
     alpha 100, beta 1, gamma 0.05 as in the paper, with L_TV averaged over pixels (loss.tv_reduction
     mean) as L_TID's MSE is, so that gamma / beta is the paper's ratio of two per-image sums: summed over
-    64 x 64 pixels, gamma 0.05 outweighed L_TID about 50 to 1 and g never learned to redraw an avatar
-    (L_TID flat at 0.71 over 40 steps without the GAN, 0.07 without L_TV). f is an identity encoder trained with a CosFace margin
+    64 x 64 pixels, gamma 0.05 outweighed L_TID and g never learned to redraw an avatar (L_TID 0.71
+    after 40 steps without the GAN, 0.07 with L_TV averaged: bench/results/tid_probe_faces_tv.json).
+    f is an identity encoder trained with a CosFace margin
     softmax over the 3,000 celeba-sample training identities (nets.num_classes 0: taken from the data;
     the 1,000 held-out identities are never trained on), with mirror flips and shifts (the digit
     augmentation greys and inverts). f.json records its retrieval and verification AUC on the held-out
