@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from dtn.augment import (READER_AUGMENTS, augment_source, elastic_speckle_augment, elastic_warp, shift_augment,
-                         speckle_augment)
+from dtn.augment import (READER_AUGMENTS, augment_source, elastic_speckle_augment, elastic_warp, lowpass,
+                         shift_augment, speckle_augment)
 from dtn.config import READER_AUGMENT_NAMES
 
 
@@ -70,3 +70,19 @@ def test_elastic_speckle_augment_warps_every_chosen_image_and_adds_specks():
 
 def test_every_reader_augment_name_the_config_accepts_has_a_function():
     assert tuple(READER_AUGMENTS) == READER_AUGMENT_NAMES
+
+
+def test_lowpass_removes_detail_finer_than_its_factor_and_keeps_coarse_shapes():
+    x = _images(2, size=16)
+    assert torch.equal(lowpass(x, 1), x)
+    checker = (torch.arange(16).view(1, -1) + torch.arange(16).view(-1, 1)) % 2 * 2.0 - 1   # 1-px checkerboard
+    flat = lowpass(checker.expand(1, 3, 16, 16), 4)
+    assert flat.shape == (1, 3, 16, 16) and flat.abs().max() < 1e-6               # averages to 0 everywhere
+    halves = torch.ones(1, 1, 16, 16)
+    halves[..., :, :8] = -1                                                      # an edge on the 4-px grid
+    low = lowpass(halves, 4)
+    assert (low[..., :, :2] == -1).all() and (low[..., :, -2:] == 1).all()       # far from the edge: kept
+    assert torch.allclose(low.mean(), halves.mean())
+    x.requires_grad_(True)
+    lowpass(x, 2).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0

@@ -724,6 +724,43 @@ def test_transfer_uses_g_ema():
     assert torch.allclose(t.transfer(x), want) and not torch.allclose(want, other)
 
 
+@pytest.mark.parametrize("factor", [1, 4])
+def test_const_lowpass_has_f_read_x_and_g_of_x_without_fine_detail(monkeypatch, factor):
+    """loss.const_lowpass: L_CONST compares f(lowpass(x)) with f(lowpass(G(x))), and still trains g."""
+    from dtn.augment import lowpass
+    t = make_trainer(loss__const_lowpass=str(factor), loss__beta="0", loss__gan="false")
+    seen, real_const_loss = {}, losses.const_loss
+
+    def spy(code_x, code_gx, distance, scale):
+        seen.update(x=code_x.detach(), gx=code_gx.detach())
+        return real_const_loss(code_x, code_gx, distance, scale)
+    monkeypatch.setattr(losses, "const_loss", spy)
+    xs, ys, xt = t.sample()
+    total, _, fakes = t.g_loss(xs, ys, xt)
+    with torch.no_grad():
+        want_x, want_gx = t.f(lowpass(xs, factor)), t.f(lowpass(fakes.gs, factor))
+        sharp_x = t.f(xs)
+    assert torch.allclose(seen["x"], want_x, atol=1e-5) and torch.allclose(seen["gx"], want_gx, atol=1e-5)
+    assert torch.allclose(seen["x"], sharp_x, atol=1e-5) == (factor == 1)
+    total.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in t.g.parameters())
+    assert all(p.grad is None for p in t.f.parameters())
+
+
+def test_const_lowpass_code_stats_are_those_of_low_passed_images():
+    from dtn.train import code_moments
+    t = make_trainer(loss__const_lowpass="4", loss__code_scale="domain")
+    assert torch.allclose(t.code_stats[:2], code_moments(t.f, t.source, low=4), atol=1e-5)
+    assert not torch.allclose(t.code_stats[:2], code_moments(t.f, t.source), atol=1e-5)
+
+
+@pytest.mark.parametrize("factor", ["0", "3"])
+def test_const_lowpass_must_divide_the_image_size(factor):
+    from dtn.errors import ConfigError
+    with pytest.raises(ConfigError, match="const_lowpass"):
+        make_cfg(loss__const_lowpass=factor).validate()
+
+
 def test_g_ema_out_of_range_is_refused():
     from dtn.errors import ConfigError
     with pytest.raises(ConfigError, match="g_ema"):

@@ -65,6 +65,14 @@ def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.where(_per_image(flip), x.flip(-1), x)
 
 
+def lowpass(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """Average-pool by `factor` and upsample back (bilinear): the image with its detail finer than
+    `factor` pixels removed, at its own size, differentiably. factor 1 returns x."""
+    if factor <= 1:
+        return x
+    return F.interpolate(F.avg_pool2d(x, factor), size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
 def shift_augment(x: torch.Tensor, generator: torch.Generator, edge: bool = False) -> torch.Tensor:
     """Random translation by up to 2 px per batch, padded with black (-1) or, with edge, the border."""
     dx, dy = torch.randint(-2, 3, (2,), generator=generator).tolist()

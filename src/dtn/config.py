@@ -66,6 +66,9 @@ class LossConfig:
                                       # domain's mean and std, f(x) with the source's, f(G(x)) with the target's
     const_augment: bool = False       # L_CONST reads f on a randomly shifted/blurred G(x), so g cannot
                                       # satisfy it with pixel patterns that only fool f (no labels used)
+    const_lowpass: int = 1            # deviation: L_CONST (and L_READ) read f on x and G(x) average-pooled by
+                                      # this factor and upsampled back (1 = off), so identity cannot be
+                                      # kept in detail finer than that (faces: coloured noise f reads)
     class_layout: float = 0.0         # deviation: weight of L_LAYOUT (losses.class_layout_loss): per class f
                                       # reads, G(x)'s mean 8x8 layout vs the targets' (no labels; 0 = off)
     class_layout_grid: int = 8        # L_LAYOUT pools images to grid x grid before comparing class means
@@ -173,6 +176,8 @@ class Config:
             (self.loss.const_distance in CONST_DISTANCES, f"loss.const_distance must be one of {CONST_DISTANCES}"),
             (self.loss.code_scale in ("none", "rms", "domain"), "loss.code_scale must be none, rms or domain"),
             (self.loss.tv_reduction in ("sum", "mean"), "loss.tv_reduction must be sum or mean"),
+            (self.loss.const_lowpass >= 1 and self.nets.image_size % self.loss.const_lowpass == 0,
+             "loss.const_lowpass must be >= 1 and divide nets.image_size"),
             (self.pretrain.f_head in MARGIN_HEADS, f"pretrain.f_head must be one of {MARGIN_HEADS}"),
             (self.loss.discriminator in ("ternary", "binary"), "loss.discriminator must be ternary or binary"),
             (self.optim.optimizer in ("adam", "sgd"), "optim.optimizer must be adam or sgd"),

@@ -22,7 +22,7 @@ from .domain import Domain
 from .errors import ConfigError
 from .metrics.pixel_fd import pooled_pixels
 from .nets import Discriminator, Encoder, Generator, init_weights
-from .augment import shift_augment
+from .augment import lowpass, shift_augment
 from .precision import resolve_precision
 from .pretrain import confident_readings, read_targets
 
@@ -50,9 +50,10 @@ def code_rms(f: Encoder, domain: Domain, n: int = 2048, batch: int = 512) -> flo
 
 
 @torch.no_grad()
-def code_moments(f: Encoder, domain: Domain, n: int = 2048, batch: int = 512) -> torch.Tensor:
-    """(2, D): per-dimension mean and std of f's code on a fixed subset of `domain` (code_scale = domain)."""
-    codes = torch.cat([f(x).float() for x, _ in domain.subset(n, seed=1).in_order(batch)])
+def code_moments(f: Encoder, domain: Domain, n: int = 2048, batch: int = 512, low: int = 1) -> torch.Tensor:
+    """(2, D): per-dimension mean and std of f's code on a fixed subset of `domain` (code_scale = domain),
+    read as L_CONST reads it (through lowpass by `low`)."""
+    codes = torch.cat([f(lowpass(x, low)).float() for x, _ in domain.subset(n, seed=1).in_order(batch)])
     return torch.stack([codes.mean(0), codes.std(0).clamp_min(1e-6)])
 
 
@@ -148,7 +149,9 @@ class Trainer:
         # maps every avatar into one narrow cone), an avatar-like G(x) can never have f(x)'s raw code, and
         # g learns pixel patterns that fool f instead. Standardised per domain, L_CONST asks G(x) to sit
         # where x sits within its own domain. Rows: source mean, std, target mean, std; fixed at the start.
-        self.code_stats = (torch.cat([code_moments(self.f, self.source), code_moments(self.f, self.target)])
+        low = cfg.loss.const_lowpass
+        self.code_stats = (torch.cat([code_moments(self.f, self.source, low=low),
+                                      code_moments(self.f, self.target, low=low)])
                            if cfg.loss.code_scale == "domain" else None)
         # Deviation (loss.class_layout > 0): each class's target layout, fixed at the start (losses.class_layout_loss).
         self.layouts = (class_layouts(self.f, self.target, cfg.loss.class_layout_grid)
@@ -272,11 +275,15 @@ class Trainer:
         cfg = self.cfg.loss
         cs, ct, gs, gt = self.generate(xs, xt)
         parts: dict[str, torch.Tensor] = {}
-        gs_for_f = jitter(gs, self.generator) if cfg.const_augment else gs
+        gs_for_f = lowpass(jitter(gs, self.generator) if cfg.const_augment else gs, cfg.const_lowpass)
         if cfg.const_distance == "ce":
             parts["const"] = losses.const_ce_loss(self.f.classify(gs_for_f), ys)
         else:
-            code_x, code_gx = (cs.detach() if not self.f_learns else cs), self.f(gs_for_f)
+            code_x = cs if self.f_learns else cs.detach()
+            if cfg.const_lowpass > 1:      # f reads x as it reads G(x): without detail finer than the factor
+                with nullcontext() if self.f_learns else torch.no_grad():
+                    code_x = self.f(lowpass(xs, cfg.const_lowpass))
+            code_gx = self.f(gs_for_f)
             kl = (losses.const_kl_loss(self.f_logits(code_x), self.f_logits(code_gx))
                   if cfg.const_distance.endswith("kl") else None)
             if self.code_stats is not None:
