@@ -374,8 +374,6 @@ def summary(final: dict, source: str, run_path: Path) -> str:
     if "pixel_fd" in final:
         parts.append(f"pixel FD {final['pixel_fd']:.2f}" + (f" (source images unchanged: {final['pixel_fd_source']:.2f})"
                                                              if "pixel_fd_source" in final else ""))
-    if "detail_ratio" in final:
-        parts.append(f"fine detail {final['detail_ratio']:.2f}x the target's")
     if "identity_median_rank" in final:
         parts.append(f"identity retrieval: median rank {final['identity_median_rank']:g} of {final['identity_n']:,} "
                      f"(percentile {final['identity_median_rank_percentile']:.2e}; paper 16 of 100,001 = 1.60e-04), "
