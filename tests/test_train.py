@@ -724,17 +724,23 @@ def test_transfer_uses_g_ema():
     assert torch.allclose(t.transfer(x), want) and not torch.allclose(want, other)
 
 
-@pytest.mark.parametrize("factor", [1, 4])
-def test_const_lowpass_has_f_read_x_and_g_of_x_without_fine_detail(monkeypatch, factor):
-    """loss.const_lowpass: L_CONST compares f(lowpass(x)) with f(lowpass(G(x))), and still trains g."""
-    from dtn.augment import lowpass
-    t = make_trainer(loss__const_lowpass=str(factor), loss__beta="0", loss__gan="false")
+def spy_const_codes(monkeypatch) -> dict[str, torch.Tensor]:
+    """Records the two codes L_CONST compares (keys x and gx) on each call of losses.const_loss."""
     seen, real_const_loss = {}, losses.const_loss
 
     def spy(code_x, code_gx, distance, scale):
         seen.update(x=code_x.detach(), gx=code_gx.detach())
         return real_const_loss(code_x, code_gx, distance, scale)
     monkeypatch.setattr(losses, "const_loss", spy)
+    return seen
+
+
+@pytest.mark.parametrize("factor", [1, 4])
+def test_const_lowpass_has_f_read_x_and_g_of_x_without_fine_detail(monkeypatch, factor):
+    """loss.const_lowpass: L_CONST compares f(lowpass(x)) with f(lowpass(G(x))), and still trains g."""
+    from dtn.augment import lowpass
+    t = make_trainer(loss__const_lowpass=str(factor), loss__beta="0", loss__gan="false")
+    seen = spy_const_codes(monkeypatch)
     xs, ys, xt = t.sample()
     total, _, fakes = t.g_loss(xs, ys, xt)
     with torch.no_grad():
@@ -770,12 +776,7 @@ def test_g_ema_out_of_range_is_refused():
 def test_code_scale_domain_standardises_each_side_with_its_own_domain(monkeypatch):
     t = make_trainer(loss__code_scale="domain")
     assert t.code_stats.shape == (4, t.cfg.nets.code_dim) and (t.code_stats[[1, 3]] > 0).all()
-    seen, real_const_loss = {}, losses.const_loss
-
-    def spy(code_x, code_gx, distance, scale):
-        seen.update(x=code_x.detach(), gx=code_gx.detach())
-        return real_const_loss(code_x, code_gx, distance, scale)
-    monkeypatch.setattr(losses, "const_loss", spy)
+    seen = spy_const_codes(monkeypatch)
     xs, ys, xt = t.sample()
     with torch.no_grad():
         gs = t.g_loss(xs, ys, xt)[2].gs
