@@ -66,9 +66,10 @@ class LossConfig:
                                       # domain's mean and std, f(x) with the source's, f(G(x)) with the target's
     const_augment: bool = False       # L_CONST reads f on a randomly shifted/blurred G(x), so g cannot
                                       # satisfy it with pixel patterns that only fool f (no labels used)
-    const_lowpass: int = 1            # deviation: L_CONST (and L_READ) read f on x and G(x) average-pooled by
-                                      # this factor and upsampled back (1 = off), so identity cannot be
-                                      # kept in detail finer than that (faces: coloured noise f reads)
+    const_lowpass: int = 1            # deviation: L_CONST reads f on x and G(x) average-pooled by this factor
+                                      # and upsampled back (1 = off; L_READ's reader gets that G(x) too), so
+                                      # identity cannot be kept in finer detail; faces, measured: no help
+                                      # (bench/results/exp_faces_beta100_lowpass4.json)
     class_layout: float = 0.0         # deviation: weight of L_LAYOUT (losses.class_layout_loss): per class f
                                       # reads, G(x)'s mean 8x8 layout vs the targets' (no labels; 0 = off)
     class_layout_grid: int = 8        # L_LAYOUT pools images to grid x grid before comparing class means
