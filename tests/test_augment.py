@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from dtn.augment import (READER_AUGMENTS, augment_source, elastic_speckle_augment, elastic_warp, lowpass,
+from dtn.augment import (READER_AUGMENTS, adversarial_half, augment_source, elastic_speckle_augment, elastic_warp, lowpass,
                          shift_augment, speckle_augment)
 from dtn.config import READER_AUGMENT_NAMES
 
@@ -86,3 +86,30 @@ def test_lowpass_removes_detail_finer_than_its_factor_and_keeps_coarse_shapes():
     x.requires_grad_(True)
     lowpass(x, 2).sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+class _Linear(torch.nn.Module):
+    """A stand-in reader: a linear map of the pixels to 10 logits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Linear(32 * 32, 10)
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w(x.flatten(1))
+
+
+def test_adversarial_half_nudges_only_the_second_half_within_eps_and_against_the_reader():
+    torch.manual_seed(1)               # not 0: _images uses seed 0, and weights drawn alike read them too well
+    reader, x, labels = _Linear(), _images(8, channels=1), torch.arange(8) % 10
+    moved = adversarial_half(reader.classify, x, labels, 0.3, torch.Generator().manual_seed(0))
+    assert torch.equal(moved[:4], x[:4])
+    step = (moved[4:] - x[4:]).abs()
+    assert step.max() <= 0.3 + 1e-6 and step.mean() > 0.1 and moved.min() >= -1 and moved.max() <= 1
+    with torch.no_grad():
+        before = torch.nn.functional.cross_entropy(reader.classify(x[4:]), labels[4:])
+        after = torch.nn.functional.cross_entropy(reader.classify(moved[4:]), labels[4:])
+    assert after > before + 0.1                      # the nudge is against the reader, not random
+    assert all(p.grad is None for p in reader.parameters())   # finding it leaves no gradient behind
+    assert not moved.requires_grad
+    assert adversarial_half(reader.classify, x, labels, 0.0, torch.Generator()) is x

@@ -201,6 +201,7 @@ def test_class_layout_settings_out_of_range_are_refused(key, value):
 @pytest.mark.parametrize("over", [{"loss.target_reader": "-1"}, {"pretrain.reader_steps": "0"},
                                   {"pretrain.reader_min_confidence": "1"}, {"pretrain.reader_min_confidence": "0"},
                                   {"pretrain.reader_refine_steps": "-1"}, {"pretrain.reader_augment": "noise"},
+                                  {"pretrain.reader_adversarial": "-0.1"}, {"pretrain.reader_adversarial": "2"},
                                   {"pretrain.reader_class_share": "-0.1"}, {"pretrain.reader_class_share": "1.5"},
                                   {"pretrain.reader_augment": "speckle,speckle"}, {"pretrain.reader_augment": "speckle,"},
                                   {"loss.target_reader": "5", "train.f_mode": "joint"},

@@ -126,6 +126,36 @@ def test_target_reader_learns_f_s_confident_readings_of_the_target(reads_brightn
     assert accuracy(reader.classify, pseudo) == 1.0
 
 
+def test_an_adversarial_reader_trains_on_nudged_images(reads_brightness, monkeypatch):
+    """pretrain.reader_adversarial reaches train_classifier: the second half of each batch the reader
+    learns from is moved off the augmented images by up to eps, the first half is not."""
+    from dtn import pretrain
+    from dtn.config import PretrainConfig
+
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    real = pretrain.adversarial_half
+
+    def spy(logits_fn, x, labels, eps, generator):
+        out = real(logits_fn, x, labels, eps, generator)
+        seen.append((x, out))
+        return out
+    monkeypatch.setattr(pretrain, "adversarial_half", spy)
+    g = torch.Generator().manual_seed(0)
+    images = torch.cat([torch.randint(0, 60, (20, 1, 16, 16), generator=g),
+                        torch.randint(196, 256, (20, 1, 16, 16), generator=g)]).to(torch.uint8)
+    target = Domain(images, torch.full((40,), -1), "t", "train")
+    net = NetConfig(image_size=16, f_width=8, code_dim=16, num_classes=2)
+    for eps in (0.0, 0.25):
+        seen.clear()
+        cfg = PretrainConfig(reader_steps=3, reader_min_confidence=0.95, f_batch=8, reader_adversarial=eps)
+        pretrain.train_target_reader(net, cfg, reads_brightness(sharpness=20), target)
+        assert len(seen) == 3
+        for x, out in seen:
+            assert torch.equal(out[:4], x[:4])
+            moved = (out[4:] - x[4:]).abs().max()
+            assert (moved == 0) if eps == 0 else (0.1 < moved <= eps + 1e-6)
+
+
 def test_a_class_share_reader_learns_every_class_where_a_threshold_keeps_only_one(reads_brightness):
     """pretrain.reader_class_share: f is sure only of its bright readings (as f was sure only of Fashion-
     MNIST trousers), so the threshold leaves the reader one class; the class-balanced choice gives it both."""

@@ -149,3 +149,6 @@ def test_a_run_trains_its_target_reader_once_keeps_it_and_resumes_with_it(folder
     assert (e / "reader-shift.safetensors").read_bytes() == a.read_bytes()
     assert json.loads((e / "reader-speckle.json").read_text())["augment"] == "speckle"
     assert not (e / "reader.safetensors").exists()
+    run_dtn(_cfg(folders, **{**over, "pretrain.reader_adversarial": "0.2"}), tmp_path, "f", until="train")
+    assert "target reader trained" in capsys.readouterr().out, "an adversarially trained reader is cached apart"
+    assert json.loads((tmp_path / "f" / "reader.json").read_text())["adversarial"] == 0.2

@@ -99,5 +99,25 @@ def elastic_speckle_augment(x: torch.Tensor, generator: torch.Generator) -> torc
     return speckle_augment(elastic_warp(x, generator), generator)
 
 
+def adversarial_half(logits_fn, x: torch.Tensor, labels: torch.Tensor, eps: float,
+                     generator: torch.Generator) -> torch.Tensor:
+    """The second half of the batch moved to raise the classifier's loss: one signed-gradient step of 1.25 eps
+    from a random start, kept within eps of the image (FGSM with a random start, Wong et al., ICLR 2020).
+    Why (pretrain.reader_adversarial): L_READ hands g the reader's gradient, and g learned to draw what a
+    non-robust reader accepts at its boundary (a 7 whose bar is a stub, which the MNIST judge reads as 1);
+    a reader trained on such nudges keeps its boundary away from the images and its gradient on strokes."""
+    if eps <= 0 or x.shape[0] < 2:
+        return x
+    half = x.shape[0] // 2
+    clean, moved = x[:half], x[half:]
+    start = (torch.rand(moved.shape, generator=generator).to(x.device, x.dtype) * 2 - 1) * eps
+    probe = (moved + start).clamp(-1, 1).detach().requires_grad_(True)
+    with torch.enable_grad():
+        loss = F.cross_entropy(logits_fn(probe).float(), labels[half:])
+        grad, = torch.autograd.grad(loss, probe)
+    delta = (start + 1.25 * eps * grad.sign()).clamp(-eps, eps)
+    return torch.cat([clean, (moved + delta).clamp(-1, 1).detach()])
+
+
 #: The reader's training augmentations by pretrain.reader_augment; config.READER_AUGMENT_NAMES lists the keys.
 READER_AUGMENTS = {"shift": shift_augment, "speckle": speckle_augment, "elastic": elastic_speckle_augment}

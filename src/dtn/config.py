@@ -155,6 +155,10 @@ class PretrainConfig:
                                       # (speckle after smooth random warps: a truer reader of the target);
                                       # several, comma-separated: one reader each, and L_READ asks all of them
                                       # (the product of their readings), so g must pass every one
+    reader_adversarial: float = 0.0   # deviation (loss.target_reader): > 0 trains the reader (before any
+                                      # refinement) with half of each batch nudged against it, each pixel by up
+                                      # to this much of [-1, 1] (augment.adversarial_half), so the gradient
+                                      # L_READ hands g asks for clearer strokes, not for a boundary case
     judge: bool = False               # also pretrain a second f (same recipe, seed + 1000) that training never
                                       # sees; identity retrieval is reported by it too (judge_identity_*)
     eval_epochs: int = 4              # epochs of the evaluation classifier on target train
@@ -195,10 +199,10 @@ class Config:
              "loss.class_layout must be >= 0 and loss.class_layout_grid between 1 and nets.image_size"),
             (self.loss.target_reader >= 0 and self.pretrain.reader_steps > 0
              and 0.0 < self.pretrain.reader_min_confidence < 1.0 and 0.0 <= self.pretrain.reader_class_share <= 1.0
-             and self.pretrain.reader_refine_steps >= 0
+             and self.pretrain.reader_refine_steps >= 0 and 0.0 <= self.pretrain.reader_adversarial < 2.0
              and reader_augments_valid(self.pretrain.reader_augment),
              "loss.target_reader must be >= 0, pretrain.reader_steps > 0, pretrain.reader_min_confidence in (0, 1), "
-             "pretrain.reader_class_share in [0, 1], "
+             "pretrain.reader_class_share in [0, 1], pretrain.reader_adversarial in [0, 2), "
              f"pretrain.reader_refine_steps >= 0, pretrain.reader_augment one or more (comma-separated, each once) of "
              f"{', '.join(READER_AUGMENT_NAMES)}"),
             (not self.loss.target_reader or (self.pretrain.f_head == "softmax" and self.train.f_mode == "pretrained"),

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .augment import READER_AUGMENTS, augment_source, random_flip, shift_augment
+from .augment import READER_AUGMENTS, adversarial_half, augment_source, random_flip, shift_augment
 from .config import PretrainConfig
 from .data.base import cache_root
 from .domain import Domain
@@ -55,13 +55,14 @@ def _lr_at(step: int, total: int, lr: float) -> float:
 
 def train_classifier(model: nn.Module, logits_fn, domain: Domain, steps: int, batch: int, lr: float,
                      augment, seed: int, desc: str, autocast_dtype=None, loss_fn=None,
-                     say: Callable[[str], None] | None = None) -> None:
+                     say: Callable[[str], None] | None = None, adversarial: float = 0.0) -> None:
     """A plain supervised loop: AdamW over model's parameters, warm-up + cosine, random-index batches;
     the loss is cross-entropy of logits_fn(x), or loss_fn(x, labels) when given (a margin softmax or the
     avatar estimator's per-category heads need the labels). `say` (default: print) hears, a few steps
     in, how long the rest will take on this device (measured, not guessed): f, the reader and the
     evaluation classifier can take many minutes on a CPU and would otherwise train in silence where
-    no progress bar is shown (a log file, --quiet)."""
+    no progress bar is shown (a log file, --quiet). `adversarial` > 0 trains half of each batch on
+    augment.adversarial_half's nudged images (the target reader's pretrain.reader_adversarial)."""
     say = say or print
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
@@ -77,6 +78,7 @@ def train_classifier(model: nn.Module, logits_fn, domain: Domain, steps: int, ba
         x, y = domain.sample(batch, gen)
         x = augment(x, gen)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+            x = adversarial_half(logits_fn, x, y, adversarial, gen)
             loss = loss_fn(x, y) if loss_fn is not None else F.cross_entropy(logits_fn(x).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -208,7 +210,7 @@ def train_target_reader(net_cfg: NetConfig, cfg: PretrainConfig, f: Encoder, tar
     init_weights(reader)
     augment = READER_AUGMENTS[cfg.reader_augment]
     train_classifier(reader, reader.classify, pseudo, cfg.reader_steps, cfg.f_batch, cfg.f_lr, augment, seed,
-                     "train target reader", autocast_dtype)
+                     "train target reader", autocast_dtype, adversarial=cfg.reader_adversarial)
     if cfg.reader_refine_steps:
         refine_reader(reader, target, cfg.reader_refine_steps, cfg.f_batch, seed, autocast_dtype, augment=augment)
     return reader.eval(), pseudo

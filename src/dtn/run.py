@@ -247,7 +247,8 @@ def reader_cache_key(cfg: Config, domains: Domains) -> str:
             f"-r{p.reader_steps}"
             + (f"-share{p.reader_class_share}" if p.reader_class_share else f"-c{p.reader_min_confidence}")
             + (f"-shot{p.reader_refine_steps}" if p.reader_refine_steps else "")
-            + (f"-{p.reader_augment}" if p.reader_augment != "shift" else ""))
+            + (f"-{p.reader_augment}" if p.reader_augment != "shift" else "")
+            + (f"-adv{p.reader_adversarial}" if p.reader_adversarial else ""))
 
 
 def get_reader(cfg: Config, run: RunDir, f: Encoder, domains: Domains, device: torch.device) -> nn.Module | None:
@@ -282,7 +283,7 @@ def _one_reader(cfg: Config, run: RunDir, f: Encoder, domains: Domains, device: 
     save_weights(reader, cached)
     facts = {"trained_on": len(pseudo), "of": len(domains.target_train), "min_confidence": p.reader_min_confidence,
              "class_share": p.reader_class_share,
-             "refine_steps": p.reader_refine_steps, "augment": p.reader_augment,
+             "refine_steps": p.reader_refine_steps, "augment": p.reader_augment, "adversarial": p.reader_adversarial,
              "per_class": torch.bincount(pseudo.labels.cpu(), minlength=cfg.nets.num_classes).tolist(),
              "seconds": round(time.time() - t0, 1)}
     if len(domains.target_test) and domains.target_test.labels.min() >= 0:
