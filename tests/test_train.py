@@ -753,6 +753,29 @@ def test_const_lowpass_has_f_read_x_and_g_of_x_without_fine_detail(monkeypatch, 
     assert all(p.grad is None for p in t.f.parameters())
 
 
+@pytest.mark.parametrize("factor", [1, 4])
+def test_const_lowpass_has_the_reader_read_g_of_x_without_fine_detail(factor):
+    """L_READ reads G(x) as L_CONST does: the reader gets lowpass(G(x)), so g cannot pass it in finer detail."""
+    from dtn.augment import lowpass
+
+    class Recorder(torch.nn.Module):
+        def __init__(self, reader):
+            super().__init__()
+            self.reader, self.seen = reader, []
+
+        def classify(self, x):
+            self.seen.append(x.detach())
+            return self.reader.classify(x)
+    cfg = make_cfg(loss__target_reader="50", loss__const_lowpass=str(factor), loss__beta="0", loss__gan="false")
+    reader = Recorder(make_f(cfg, seed=3))
+    tr = Trainer(cfg, make_f(cfg), *make_domains(), CPU, reader=reader)
+    xs, ys, xt = tr.sample()
+    _, parts, fakes = tr.g_loss(xs, ys, xt)
+    assert "read" in parts and len(reader.seen) == 1
+    assert torch.allclose(reader.seen[0], lowpass(fakes.gs, factor).detach(), atol=1e-6)
+    assert torch.allclose(reader.seen[0], fakes.gs.detach(), atol=1e-6) == (factor == 1)
+
+
 def test_const_lowpass_code_stats_are_those_of_low_passed_images():
     from dtn.train import code_moments
     t = make_trainer(loss__const_lowpass="4", loss__code_scale="domain")
