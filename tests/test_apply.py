@@ -156,3 +156,19 @@ def test_a_run_that_averaged_g_transfers_with_the_average(digit_folders, tmp_pat
     loaded = model.g.state_dict()
     assert all(torch.equal(loaded[k], tensors["g_ema." + k]) for k in loaded)
     assert any(not torch.equal(tensors["g." + k], tensors["g_ema." + k]) for k in loaded if "weight" in k)
+
+
+def test_a_run_that_aligned_codes_transfers_with_the_alignment(digit_folders, tmp_path: Path):
+    """nets.g_code_align: the map g was trained behind travels with g's weights, so DTN.load transfers as
+    training evaluated, and not as g reading f(x) raw."""
+    src, tgt = digit_folders
+    assert main(["--quiet", "run", "tiny", "--runs-dir", str(tmp_path), "--name", "al", "--set", "nets.g_code_align=true",
+                 "--set", f"data.source=folder:{src}", "--set", f"data.target=folder:{tgt}"]) == 0
+    model = DTN.load(tmp_path / "al", device="cpu")
+    assert not torch.equal(model.g.align_scale, torch.ones_like(model.g.align_scale))
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    aligned = model.transfer_tensor(x)
+    with torch.no_grad():
+        assert torch.allclose(aligned, model.g(model.g.align(model.f(x))), atol=1e-5)
+        model.g.align_shift += 3.0          # a tiny run's g barely reads its input; a large move shows it is read
+    assert (model.transfer_tensor(x) - aligned).norm() > 0.01 * aligned.norm()

@@ -541,16 +541,51 @@ def test_transfer_restores_modes():
     assert t.g.training and t.f.training
 
 
+def test_g_code_align_has_g_read_source_codes_with_the_target_s_moments():
+    """nets.g_code_align: g reads f(x) standardised per dimension by the source's code moments and given the
+    target's; target codes reach g as they are; G(x) outside training (Trainer.transfer) reads the same."""
+    from dtn.train import code_moments
+    off = make_trainer()
+    assert "align_scale" not in off.g.state_dict() and off.g.align(torch.ones(2, 3)).equal(torch.ones(2, 3))
+    t = make_trainer(nets__g_code_align="true", train__g_ema="0.9")
+    src, tgt = code_moments(t.f, t.source), code_moments(t.f, t.target)
+    seen = []
+    t.g.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach()))
+    xs, ys, xt = t.sample()
+    cs, ct, _, _ = t.generate(xs, xt)
+    n = xs.shape[0]
+    assert torch.allclose(seen[0][:n], (cs - src[0]) / src[1] * tgt[1] + tgt[0], atol=1e-4)
+    assert torch.equal(seen[0][n:], ct)
+    assert (seen[0][:n] - cs).norm() > 0.05 * cs.norm(), "the aligned code is not f's own"
+    # on the moment subset itself, the aligned source codes have the target's per-dimension mean and std
+    aligned = t.g.align(torch.cat([t.f(x) for x, _ in t.source.subset(2048, seed=1).in_order(512)]).detach())
+    assert torch.allclose(aligned.mean(0), tgt[0], atol=1e-4) and torch.allclose(aligned.std(0), tgt[1], atol=1e-4)
+    assert torch.equal(t.g_ema.align_shift, t.g.align_shift), "the average reads as g does"
+    x = xs[:4]
+    with torch.no_grad():
+        t.g_ema.eval(), t.f.eval()
+        want = t.g_ema(t.g.align(t.f(x)))
+    assert torch.allclose(t.transfer(x), want, atol=1e-5)
+
+
+def test_g_code_align_needs_a_frozen_f():
+    for over in ({"train.f_mode": "joint"}, {"train.f_trainable": "true"}):
+        with pytest.raises(ConfigError, match="g_code_align"):
+            apply_overrides(preset("tiny"), {"nets.g_code_align": "true", **over}).validate()
+
+
 # ----------------------------------------------------------------------------- exact resume
 
 def _run(trainer: Trainer, steps: int) -> list[dict[str, torch.Tensor]]:
     return [trainer.train_step().values for _ in range(steps)]
 
 
-@pytest.mark.parametrize("ema,layout", [(0.0, 0.0), (0.9, 0.0), (0.0, 5.0)])
-def test_exact_resume(tmp_path, ema, layout):
+@pytest.mark.parametrize("ema,layout,align", [(0.0, 0.0, False), (0.9, 0.0, False), (0.0, 5.0, False),
+                                              (0.9, 0.0, True)])
+def test_exact_resume(tmp_path, ema, layout, align):
     cfg = make_cfg(train__steps=6, train__warmup_steps=1, optim__schedule="cosine", train__g_steps=2,
-                   train__d_steps=2, train__g_ema=ema, loss__class_layout=layout)
+                   train__d_steps=2, train__g_ema=ema, loss__class_layout=layout,
+                   nets__g_code_align=str(align).lower())
     straight = make_trainer(cfg, seed=0)
     full = _run(straight, 6)
 
@@ -567,6 +602,8 @@ def test_exact_resume(tmp_path, ema, layout):
     assert not torch.equal(next(fresh.g.parameters()), next(straight.g.parameters()))
     if layout:
         fresh.layouts += 1        # computed from another f: the checkpoint's must replace them
+    if align:
+        assert not torch.equal(fresh.g.align_shift, straight.g.align_shift), "measured with another f"
     assert run.load_checkpoint(fresh) == 3
     tail = _run(fresh, 3)
     for step, (a, b) in enumerate(zip(tail, full[3:]), start=4):

@@ -23,7 +23,7 @@ from .config import Config
 from .data.image_folder import EXTENSIONS, BadImage, _list_images, decode_workers, open_image, to_mode
 from .domain import resize_uint8
 from .errors import ConfigError, DataError, DtnError, RunError
-from .nets import Encoder, Generator, to_float, to_images
+from .nets import Encoder, Generator, to_float, to_images, transfer
 from .precision import inference_precision
 from .rundir import RunDir, inference_weights, load_module_weights
 from .weights import load_tensors
@@ -113,7 +113,7 @@ class DTN:
         for i in range(0, len(x), batch):
             chunk = x[i:i + batch].to(self.device).contiguous(memory_format=fmt)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                outs.append(self.g(self.f(chunk)).float().cpu())
+                outs.append(transfer(self.f, self.g, chunk).float().cpu())
         return torch.cat(outs)
 
     def _prepare(self, images: np.ndarray) -> torch.Tensor:

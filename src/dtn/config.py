@@ -188,6 +188,9 @@ class Config:
             (self.optim.optimizer in ("adam", "sgd"), "optim.optimizer must be adam or sgd"),
             (self.optim.schedule in ("constant", "cosine", "linear"), "optim.schedule must be constant, cosine or linear"),
             (self.train.f_mode in ("pretrained", "random", "joint"), "train.f_mode must be pretrained, random or joint"),
+            (not self.nets.g_code_align or (self.train.f_mode != "joint" and not self.train.f_trainable),
+             "nets.g_code_align needs a frozen f (train.f_mode pretrained or random, train.f_trainable false): "
+             "its map between the domains' codes is measured once, at the start"),
             (self.train.precision in ("auto", "bf16", "fp32"), "train.precision must be auto, bf16 or fp32"),
             (self.train.steps >= 0 and self.train.batch_size > 0, "train.steps >= 0 and train.batch_size > 0"),
             (self.train.d_steps >= 0 and self.train.g_steps >= 1, "train.d_steps >= 0 and train.g_steps >= 1"),

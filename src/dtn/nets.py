@@ -30,6 +30,9 @@ class NetConfig:
     d_downsample: str = "stride"  # "stride" (conv stride 2) or "maxpool" (conv stride 1 + max-pool)
     g_input_norm: bool = False   # scale each code to unit RMS before g: source and target codes of a
                                  # classifier-trained f differ mostly in length, not direction
+    g_code_align: bool = False   # deviation: g reads a source code moved into the target's code distribution
+                                 # (per dimension, standardised with the source's mean and std and given the
+                                 # target's; measured once at the start), where L_TID has taught g to draw
     d_conditional: bool = False  # deviation: D also reads the class f's head predicts (for G(x), x's class;
                                  # for real t, f's reading of t), so each class must look like that class
 
@@ -88,11 +91,35 @@ class Generator(nn.Module):
         layers += [nn.ConvTranspose2d(widths[-1], cfg.target_channels, 4, 2, 1), nn.Tanh()]
         self.net = nn.Sequential(*layers)
         self.input_norm = cfg.g_input_norm
+        if cfg.g_code_align:      # set by set_alignment; saved and loaded with g's weights
+            self.register_buffer("align_scale", torch.ones(cfg.code_dim))
+            self.register_buffer("align_shift", torch.zeros(cfg.code_dim))
+
+    def set_alignment(self, source_moments: torch.Tensor, target_moments: torch.Tensor) -> None:
+        """Per-dimension (mean, std) rows of f's code on each domain (train.code_moments) -> align's map."""
+        scale = target_moments[1] / source_moments[1]
+        self.align_scale.copy_(scale)
+        self.align_shift.copy_(target_moments[0] - source_moments[0] * scale)
+
+    def align(self, code: torch.Tensor) -> torch.Tensor:
+        """A source code as g reads it (nets.g_code_align; the code itself when off). Why: L_TID trains g on
+        f's codes of target images only, so where f puts the source elsewhere (a face encoder maps every
+        avatar into one narrow cone), g draws from inputs it was never taught, and a face comes out as
+        speckle. With loss.code_scale = domain, L_CONST then asks exactly f(g(c)) = c for the aligned code c,
+        as L_TID does for f(t)."""
+        return code * self.align_scale + self.align_shift if hasattr(self, "align_scale") else code
 
     def forward(self, code: torch.Tensor) -> torch.Tensor:
         if self.input_norm:
             code = F.normalize(code, dim=1) * math.sqrt(code.shape[1])
         return self.net(code[:, :, None, None])
+
+
+def transfer(f: nn.Module, g: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """G(x) = g(f(x)), with g reading the source code as it was trained to (Generator.align; a stand-in g
+    that is not a Generator reads f(x) as it is)."""
+    code = f(x)
+    return g(g.align(code) if isinstance(g, Generator) else code)
 
 
 class Discriminator(nn.Module):

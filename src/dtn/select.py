@@ -54,7 +54,7 @@ from .errors import ConfigError, RunError
 from .metrics import batched
 from .metrics.fld import frechet_distance
 from .metrics.pixel_fd import pixel_fd
-from .nets import Discriminator, Encoder, Generator, to_float
+from .nets import Discriminator, Encoder, Generator, to_float, transfer
 from .rundir import RunDir, inference_weights
 from .weights import load_tensors
 
@@ -120,7 +120,7 @@ def checkpoint_signals(f, g, d, source: torch.Tensor, target: torch.Tensor, code
     """Every signal for one (f, g, D). source, target: float [-1, 1] (N, C, S, S) on the nets' device.
     D's last logit is "real target" for both the ternary and the binary D (losses.py). A conditional D
     (nets.d_conditional) is told x's class as f reads it, as in training."""
-    gx = batched(lambda x: g(f(x)), source, batch)
+    gx = batched(lambda x: transfer(f, g, x), source, batch)
     mid = mid_features(f)
     source_class = batched(f.classify, source, batch).argmax(1)
     agree = source_class == batched(f.classify, gx, batch).argmax(1)

@@ -21,7 +21,7 @@ from .config import Config
 from .domain import Domain
 from .errors import ConfigError
 from .metrics.pixel_fd import pooled_pixels
-from .nets import Discriminator, Encoder, Generator, init_weights
+from .nets import Discriminator, Encoder, Generator, init_weights, transfer
 from .augment import lowpass, shift_augment
 from .precision import resolve_precision
 from .pretrain import confident_readings, read_targets
@@ -159,6 +159,8 @@ class Trainer:
         g_params = list(self.g.parameters()) + (list(self.f.parameters()) if self.f_learns else [])
         self.opt_g = self._optimizer(g_params, cfg.optim.lr_g)
         self.opt_d = self._optimizer(self.d.parameters(), cfg.optim.lr_d)
+        if cfg.nets.g_code_align:           # fixed at the start, as code_stats (f does not learn: validate)
+            self.g.set_alignment(code_moments(self.f, self.source), code_moments(self.f, self.target))
         # Deviation (train.g_ema > 0): a moving average of g's weights, what evaluation and transfer use.
         self.g_ema = copy.deepcopy(self.g).eval().requires_grad_(False) if cfg.train.g_ema > 0 else None
         self.ema_updates = 0
@@ -256,7 +258,7 @@ class Trainer:
         n = xs.shape[0]
         with torch.set_grad_enabled(self.f_learns and torch.is_grad_enabled()):
             cs, ct = self.f(xs), self.f(xt)
-        out = self.g_train(torch.cat([cs, ct]))
+        out = self.g_train(torch.cat([self.g.align(cs), ct]))
         return cs, ct, out[:n], out[n:]
 
     @torch.no_grad()
@@ -417,7 +419,7 @@ class Trainer:
         self.g.eval()
         self.f.eval()
         with self.autocast():
-            out = self.g_eval(self.f(x.contiguous(memory_format=self.memory_format))).float()
+            out = transfer(self.f, self.g_eval, x.contiguous(memory_format=self.memory_format)).float()
         self.g.train(was[0])
         self.f.train(was[1])
         return out
