@@ -680,6 +680,26 @@ def test_target_reader_off_by_default_and_when_on_it_trains_g_only():
     assert losses_seen[-1] < losses_seen[0], f"g learns to make the reader agree with f: {losses_seen}"
 
 
+def test_target_classes_by_reader_tell_a_conditional_d_and_l_layout_the_reader_s_readings(reads_brightness):
+    """loss.target_classes_by_reader: real targets (and G(t)) are conditioned on the reader's reading of t,
+    G(x) still on f's reading of x, and the class layouts are the reader's classes' means."""
+    from dtn.train import class_layouts
+    over = dict(loss__target_reader="5", nets__d_conditional="true", loss__class_layout="5")
+    cfg = make_cfg(**over, loss__target_classes_by_reader="true")
+    reader = reads_brightness(classes=10)
+    t = Trainer(cfg, make_f(cfg), *make_domains(), CPU, reader=reader)
+    xs, _, xt = t.sample()
+    cs, ct, _, _ = t.generate(xs, xt)
+    ys_hat, yt_hat = t.d_conditions(cs, ct, xt)
+    assert torch.equal(yt_hat, reader.classify(xt).argmax(1)) and torch.equal(ys_hat, t.f_logits(cs).argmax(1))
+    assert not torch.equal(yt_hat, t.f_logits(ct).argmax(1)), "not f's reading"
+    assert torch.equal(t.layouts, class_layouts(reader, t.target, cfg.loss.class_layout_grid))
+    plain = Trainer(make_cfg(**over), make_f(cfg), *make_domains(), CPU, reader=reader)
+    assert torch.equal(plain.d_conditions(cs, ct, xt)[1], plain.f_logits(ct).argmax(1))
+    with pytest.raises(ConfigError, match="target_classes_by_reader"):
+        make_cfg(loss__target_classes_by_reader="true").validate()
+
+
 def test_class_layouts_are_the_mean_target_layout_per_class_f_reads(reads_brightness):
     from dtn.metrics.pixel_fd import pooled_pixels
     from dtn.train import class_layouts

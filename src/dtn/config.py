@@ -76,6 +76,9 @@ class LossConfig:
     target_reader: float = 0.0        # deviation: weight of L_READ, KL(f's classes on x || a target reader's on
                                       # G(x)); the reader is f's architecture trained on the target images f
                                       # reads confidently, labelled by f (no target labels; 0 = off)
+    target_classes_by_reader: bool = False  # deviation (with loss.target_reader): the class a conditional D
+                                      # and L_LAYOUT take each target image to be is the reader's reading, not
+                                      # f's (f never saw the target and misreads more of it)
     gan: bool = True                  # False: the "no GAN" ablation
     discriminator: str = "ternary"    # ternary (paper) | binary (deviation)
 
@@ -188,6 +191,8 @@ class Config:
             (self.optim.optimizer in ("adam", "sgd"), "optim.optimizer must be adam or sgd"),
             (self.optim.schedule in ("constant", "cosine", "linear"), "optim.schedule must be constant, cosine or linear"),
             (self.train.f_mode in ("pretrained", "random", "joint"), "train.f_mode must be pretrained, random or joint"),
+            (not self.loss.target_classes_by_reader or self.loss.target_reader > 0,
+             "loss.target_classes_by_reader needs the reader of loss.target_reader > 0"),
             (not self.nets.g_code_align or (self.train.f_mode != "joint" and not self.train.f_trainable),
              "nets.g_code_align needs a frozen f (train.f_mode pretrained or random, train.f_trainable false): "
              "its map between the domains' codes is measured once, at the start"),

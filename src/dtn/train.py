@@ -154,7 +154,8 @@ class Trainer:
                                       code_moments(self.f, self.target, low=low)])
                            if cfg.loss.code_scale == "domain" else None)
         # Deviation (loss.class_layout > 0): each class's target layout, fixed at the start (losses.class_layout_loss).
-        self.layouts = (class_layouts(self.f, self.target, cfg.loss.class_layout_grid)
+        self.layouts = (class_layouts(self.reader if cfg.loss.target_classes_by_reader else self.f, self.target,
+                                      cfg.loss.class_layout_grid)
                         if cfg.loss.class_layout else None)
         g_params = list(self.g.parameters()) + (list(self.f.parameters()) if self.f_learns else [])
         self.opt_g = self._optimizer(g_params, cfg.optim.lr_g)
@@ -262,12 +263,21 @@ class Trainer:
         return cs, ct, out[:n], out[n:]
 
     @torch.no_grad()
-    def d_conditions(self, cs: torch.Tensor, ct: torch.Tensor) -> tuple:
+    def d_conditions(self, cs: torch.Tensor, ct: torch.Tensor, xt: torch.Tensor) -> tuple:
         """The class f's head reads in each source and target code: what a conditional D is told
-        (nets.d_conditional; no labels: G(x) gets x's predicted class, G(t) and t get t's). (None, None) if off."""
+        (nets.d_conditional; no labels: G(x) gets x's predicted class, G(t) and t get t's, or the L_READ
+        reader's reading of t with loss.target_classes_by_reader). (None, None) if off."""
         if not self.cfg.nets.d_conditional:
             return None, None
-        return self.f_logits(cs).argmax(1), self.f_logits(ct).argmax(1)
+        return self.f_logits(cs).argmax(1), self.target_classes(ct, xt)
+
+    def target_classes(self, ct: torch.Tensor, xt: torch.Tensor) -> torch.Tensor:
+        """The class a target image is taken to be: f's reading of its code, or the L_READ reader's of the
+        image (loss.target_classes_by_reader: a reader of the target reads it far better than f, which never
+        saw it: 98 % against 89 % of MNIST test, so a conditional D learns each class from purer examples)."""
+        if self.cfg.loss.target_classes_by_reader:
+            return self.reader.classify(xt).argmax(1)
+        return self.f_logits(ct).argmax(1)
 
     def f_logits(self, code: torch.Tensor) -> torch.Tensor:
         """f's class logits for a code: the head without its dropout, so a trainable f reads deterministically."""
@@ -305,7 +315,7 @@ class Trainer:
         if cfg.gamma:
             parts["tv"] = losses.tv_loss(torch.cat([gs, gt]), cfg.tv_power, cfg.tv_reduction)
             total = total + cfg.gamma * parts["tv"]
-        ys_hat, yt_hat = self.d_conditions(cs, ct)
+        ys_hat, yt_hat = self.d_conditions(cs, ct, xt)
         if self.layouts is not None:
             with torch.no_grad():     # the class f reads in x: a conditional D was just told it
                 read = ys_hat if ys_hat is not None else self.f_logits(cs).argmax(1)
@@ -364,7 +374,7 @@ class Trainer:
             xs, _, xt = (next_batch or self.sample)()
             with torch.no_grad(), self.autocast():
                 cs, ct, gs, gt = self.generate(xs, xt)
-                ys_hat, yt_hat = self.d_conditions(cs, ct)
+                ys_hat, yt_hat = self.d_conditions(cs, ct, xt)
         else:
             gs, gt, xt, ys_hat, yt_hat = fakes
         with self.autocast():
