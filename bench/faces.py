@@ -6,8 +6,9 @@ the held-out identities, wall time and the face | avatar grid.
 Writes bench/results/faces.json (or --out): the final identity retrieval over all held-out faces
 (median rank, recall@1, recall@10, N, the percentile beside the paper's 16 / 100,001), the same on the
 eval subset at each evaluation (from metrics.csv), f's held-out retrieval and verification AUC (f.json),
-the wall time, the command and the avatar domain's size; copies RUN/identity_grid.png to
-docs/faces_grid.png (or --grid). DTN_AVATARS_TRAIN_N / DTN_AVATARS_TEST_N shorten the avatar generation.
+the wall time, the command and the avatar domain's size; copies RUN/identity_grid.png to --grid, by
+default docs/faces_grid.png (the README's) for the default --out and beside any other --out (same name,
+.png), so an experiment does not overwrite the README's grid. DTN_AVATARS_TRAIN_N / DTN_AVATARS_TEST_N shorten the avatar generation.
 """
 from __future__ import annotations
 
@@ -40,9 +41,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     p.add_argument("--runs-dir", default="runs/bench")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "faces.json")
-    p.add_argument("--grid", type=Path, default=REPO / "docs" / "faces_grid.png",
-                   help="where the face | avatar grid of 32 held-out faces is copied")
-    return p.parse_args(argv)
+    p.add_argument("--grid", type=Path, default=None,
+                   help="where the face | avatar grid of 32 held-out faces is copied (default: "
+                        "docs/faces_grid.png for the default --out, else --out with .png)")
+    args = p.parse_args(argv)
+    if args.grid is None:
+        default_out = args.out.resolve() == (REPO / "bench" / "results" / "faces.json").resolve()
+        args.grid = REPO / "docs" / "faces_grid.png" if default_out else args.out.with_suffix(".png")
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict:

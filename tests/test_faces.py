@@ -174,6 +174,18 @@ def test_bench_faces_writes_its_json_and_the_grid(tmp_path, digit_folders, faces
     assert (tmp_path / "docs" / "faces_grid.png").is_file()
 
 
+def test_bench_faces_puts_an_experiment_s_grid_beside_its_json_not_over_the_readme_s():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("dtn_bench_faces_args", Path(__file__).resolve().parents[1]
+                                                  / "bench" / "faces.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.parse([]).grid == bench.REPO / "docs" / "faces_grid.png"
+    assert bench.parse(["--out", "bench/results/exp_x.json"]).grid == Path("bench/results/exp_x.png")
+    assert bench.parse(["--out", "a.json", "--grid", "b.png"]).grid == Path("b.png")
+
+
 # ----------------------------------------------------------------------------- pretrain.f_target_options
 
 def toy_options_domain(n: int = 24, sizes=(3, 2)):
