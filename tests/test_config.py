@@ -141,6 +141,8 @@ def test_toml_round_trip_every_field_differs_from_default(tmp_path):
     changed["pretrain.f_target_options"] = False    # needs a margin head, which d_conditional refuses
     changed["loss.target_reader"] = 0.0              # needs a pretrained f, and f_mode is joint here
     changed["pretrain.reader_min_confidence"] = 0.5
+    changed["loss.target_classes_by_reader"] = False  # needs the reader, which is off here
+    changed["nets.g_code_align"] = False              # needs a frozen f, and f_mode is joint here
     cfg = apply_overrides(default, changed)
     path = tmp_path / "c.toml"
     path.write_text(to_toml(cfg))
