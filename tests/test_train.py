@@ -541,13 +541,14 @@ def test_transfer_restores_modes():
     assert t.g.training and t.f.training
 
 
-def test_g_code_align_has_g_read_source_codes_with_the_target_s_moments():
+@pytest.mark.parametrize("code_scale", ["rms", "domain"])   # domain: the moments L_CONST measured are reused
+def test_g_code_align_has_g_read_source_codes_with_the_target_s_moments(code_scale):
     """nets.g_code_align: g reads f(x) standardised per dimension by the source's code moments and given the
     target's; target codes reach g as they are; G(x) outside training (Trainer.transfer) reads the same."""
     from dtn.train import code_moments
     off = make_trainer()
     assert "align_scale" not in off.g.state_dict() and off.g.align(torch.ones(2, 3)).equal(torch.ones(2, 3))
-    t = make_trainer(nets__g_code_align="true", train__g_ema="0.9")
+    t = make_trainer(nets__g_code_align="true", train__g_ema="0.9", loss__code_scale=code_scale)
     src, tgt = code_moments(t.f, t.source), code_moments(t.f, t.target)
     seen = []
     t.g.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach()))

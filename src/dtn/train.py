@@ -161,7 +161,9 @@ class Trainer:
         self.opt_g = self._optimizer(g_params, cfg.optim.lr_g)
         self.opt_d = self._optimizer(self.d.parameters(), cfg.optim.lr_d)
         if cfg.nets.g_code_align:           # fixed at the start, as code_stats (f does not learn: validate)
-            self.g.set_alignment(code_moments(self.f, self.source), code_moments(self.f, self.target))
+            moments = (self.code_stats if self.code_stats is not None and low == 1    # g reads raw codes
+                       else torch.cat([code_moments(self.f, self.source), code_moments(self.f, self.target)]))
+            self.g.set_alignment(moments[:2], moments[2:])
         # Deviation (train.g_ema > 0): a moving average of g's weights, what evaluation and transfer use.
         self.g_ema = copy.deepcopy(self.g).eval().requires_grad_(False) if cfg.train.g_ema > 0 else None
         self.ema_updates = 0
