@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +118,34 @@ def test_dtn_evaluate_computes_identity_retrieval(faces_run, capsys):
 
 
 # ----------------------------------------------------------------------------- config and plumbing
+@pytest.mark.parametrize("size", [96, 128])
+def test_faces_presets_at_96_and_128_px_change_only_the_size(size):
+    cfg, base = preset(f"faces-{size}").validate(), preset("faces")
+    assert cfg.nets.image_size == size and cfg.name == f"faces-{size}"
+    assert replace(cfg, name="faces", nets=replace(cfg.nets, image_size=64)) == base
+
+
+@pytest.mark.parametrize("size", [96, 128])
+def test_a_faces_run_at_96_and_128_px_trains_and_ranks_identities(size, tmp_path, digit_folders, session_cache_dir):
+    """The whole faces pipeline (margin f, the judge, retrieval, the identity grid) at the larger presets'
+    sizes, on tiny nets: f, g and D take one stride-2 block more than at 64 px."""
+    root = write_faces(tmp_path / "data")
+    _, tgt = digit_folders
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DTN_CACHE_DIR", str(session_cache_dir))
+        mp.delenv("DTN_DATA_DIR", raising=False)
+        assert main(["--quiet", "run", "tiny", "--runs-dir", str(tmp_path), "--name", "big", "--steps", "2",
+                     "--source", "celeba-sample", "--target", f"folder:{tgt}", "--set", f"data.data_dir={root}",
+                     "--set", "nets.num_classes=0", "--set", "pretrain.f_head=cosface",
+                     "--set", f"nets.image_size={size}", "--set", "nets.target_channels=3"]) == 0
+    run = RunDir(tmp_path / "big")
+    assert run.config().nets.image_size == size
+    results = json.loads((tmp_path / "big" / "results.json").read_text())
+    assert results["identity_n"] == 12 and 1 <= results["identity_median_rank"] <= 12
+    with Image.open(tmp_path / "big" / "identity_grid.png") as img:   # 12 pairs of size-px cells, as above
+        assert img.size == ((16 * (size + 2) + 2) * 2, (2 * (size + 2) + 2) * 2)
+
+
 def test_stand_in_replaces_only_a_skipped_metric():
     skipped = {"f_consistency": "held out", "fld": "no labels", "identity_retrieval": "n/a"}
     assert metrics_to_compute(("transfer_accuracy", "f_consistency", "fld"), {"f_consistency": "x"}) == \

@@ -312,8 +312,9 @@ def faces() -> Config:
     64 x 64 pixels, gamma 0.05 outweighed L_TID and g never learned to redraw an avatar (L_TID 0.71
     after 40 steps without the GAN, 0.07 with L_TV averaged: bench/results/tid_probe_faces_tv.json).
     f is an identity encoder trained with a CosFace margin
-    softmax over the 3,000 celeba-sample training identities (nets.num_classes 0: taken from the data;
-    the 1,000 held-out identities are never trained on), with mirror flips and shifts (the digit
+    softmax over the celeba-sample identities (nets.num_classes 0: taken from the data, so the head has a
+    row for each of the 4,000; the images of the 1,000 held-out identities are never read, so their rows
+    are never a target and only add negatives), with mirror flips and shifts (the digit
     augmentation greys and inverts). f.json records its retrieval and verification AUC on the held-out
     identities. Avatars have no classes: the label metrics are skipped (results.json says why) and
     identity_retrieval on the held-out faces is the run's metric. The nets otherwise follow the digits preset."""
@@ -327,6 +328,27 @@ def faces() -> Config:
                           eval_samples=1000, ckpt_every=500),
         pretrain=PretrainConfig(f_steps=3000, f_augment=False, f_flip=True, f_head="cosface", judge=True),
     )
+
+
+def faces_96() -> Config:
+    """`faces` at 96 px, the face photos' and the avatars' own size (5 stride-2 blocks, ending at 3x3).
+
+    One more stride-2 block in f, g and D than at 64 px, and 2.25x the pixels per step."""
+    return faces_at(96)
+
+
+def faces_128() -> Config:
+    """`faces` at 128 px (5 stride-2 blocks, ending at 4x4); faces and avatars are upsampled from 96 px.
+
+    The celeba-sample faces and the default avatars are 96 px, so both are resized up to 128: more pixels,
+    no more detail, and 4x the pixels of 64 px per step."""
+    return faces_at(128)
+
+
+def faces_at(image_size: int) -> Config:
+    """The `faces` preset at another size; only nets.image_size and the name change."""
+    base = faces()
+    return replace(base, name=f"faces-{image_size}", nets=replace(base.nets, image_size=image_size))
 
 
 def fashion() -> Config:
@@ -349,7 +371,7 @@ def fashion() -> Config:
 
 PRESETS: dict[str, Callable[[], Config]] = {"digits": digits, "digits-faithful": digits_faithful,
                                             "digits-paper": digits_paper, "tiny": tiny, "faces": faces,
-                                            "fashion": fashion}
+                                            "faces-96": faces_96, "faces-128": faces_128, "fashion": fashion}
 
 
 def preset(name: str) -> Config:
