@@ -697,7 +697,7 @@ def test_target_classes_by_reader_tell_a_conditional_d_and_l_layout_the_reader_s
     assert torch.equal(t.layouts, class_layouts(reader, t.target, cfg.loss.class_layout_grid))
     plain = Trainer(make_cfg(**over), make_f(cfg), *make_domains(), CPU, reader=reader)
     assert torch.equal(plain.d_conditions(cs, ct, xt)[1], plain.f_logits(ct).argmax(1))
-    with pytest.raises(ConfigError, match="target_classes_by_reader"):
+    with pytest.raises(ConfigError, match="set loss.target_classes_by_reader=false too"):
         make_cfg(loss__target_classes_by_reader="true").validate()
 
 

@@ -192,7 +192,8 @@ class Config:
             (self.optim.schedule in ("constant", "cosine", "linear"), "optim.schedule must be constant, cosine or linear"),
             (self.train.f_mode in ("pretrained", "random", "joint"), "train.f_mode must be pretrained, random or joint"),
             (not self.loss.target_classes_by_reader or self.loss.target_reader > 0,
-             "loss.target_classes_by_reader needs the reader of loss.target_reader > 0"),
+             ("loss.target_classes_by_reader needs the reader of loss.target_reader > 0 (with loss.target_reader=0, "
+              "set loss.target_classes_by_reader=false too)")),
             (not self.nets.g_code_align or (self.train.f_mode != "joint" and not self.train.f_trainable),
              "nets.g_code_align needs a frozen f (train.f_mode pretrained or random, train.f_trainable false): "
              "its map between the domains' codes is measured once, at the start"),
