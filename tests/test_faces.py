@@ -42,16 +42,21 @@ def write_faces(root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def faces_run(tmp_path_factory, digit_folders, session_cache_dir) -> Path:
-    tmp = tmp_path_factory.mktemp("faces-run")
+    return run_faces(tmp_path_factory.mktemp("faces-run"), digit_folders, session_cache_dir)
+
+
+def run_faces(tmp: Path, digit_folders, cache_dir: Path, *extra: str) -> Path:
+    """`dtn run tiny` as a faces run (margin f, flips, the judge) on the tiny celeba tree -> a digit folder;
+    `extra`: more CLI arguments. Returns the run directory."""
     root = write_faces(tmp / "data")
     _, tgt = digit_folders
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DTN_CACHE_DIR", str(session_cache_dir))
+        mp.setenv("DTN_CACHE_DIR", str(cache_dir))
         mp.delenv("DTN_DATA_DIR", raising=False)
         assert main(["--quiet", "run", "tiny", "--runs-dir", str(tmp), "--name", "faces",
                      "--source", "celeba-sample", "--target", f"folder:{tgt}", "--set", f"data.data_dir={root}",
                      "--set", "nets.num_classes=0", "--set", "pretrain.f_head=cosface",
-                     "--set", "pretrain.f_flip=true", "--set", "pretrain.judge=true"]) == 0
+                     "--set", "pretrain.f_flip=true", "--set", "pretrain.judge=true", *extra]) == 0
     return tmp / "faces"
 
 
@@ -129,20 +134,13 @@ def test_faces_presets_at_96_and_128_px_change_only_the_size(size):
 def test_a_faces_run_at_96_and_128_px_trains_and_ranks_identities(size, tmp_path, digit_folders, session_cache_dir):
     """The whole faces pipeline (margin f, the judge, retrieval, the identity grid) at the larger presets'
     sizes, on tiny nets: f, g and D take one stride-2 block more than at 64 px."""
-    root = write_faces(tmp_path / "data")
-    _, tgt = digit_folders
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DTN_CACHE_DIR", str(session_cache_dir))
-        mp.delenv("DTN_DATA_DIR", raising=False)
-        assert main(["--quiet", "run", "tiny", "--runs-dir", str(tmp_path), "--name", "big", "--steps", "2",
-                     "--source", "celeba-sample", "--target", f"folder:{tgt}", "--set", f"data.data_dir={root}",
-                     "--set", "nets.num_classes=0", "--set", "pretrain.f_head=cosface",
-                     "--set", f"nets.image_size={size}", "--set", "nets.target_channels=3"]) == 0
-    run = RunDir(tmp_path / "big")
-    assert run.config().nets.image_size == size
-    results = json.loads((tmp_path / "big" / "results.json").read_text())
+    run = run_faces(tmp_path, digit_folders, session_cache_dir, "--steps", "2",
+                    "--set", f"nets.image_size={size}", "--set", "nets.target_channels=3")
+    assert RunDir(run).config().nets.image_size == size
+    results = json.loads((run / "results.json").read_text())
     assert results["identity_n"] == 12 and 1 <= results["identity_median_rank"] <= 12
-    with Image.open(tmp_path / "big" / "identity_grid.png") as img:   # 12 pairs of size-px cells, as above
+    assert results["judge_identity_n"] == 12
+    with Image.open(run / "identity_grid.png") as img:   # 12 pairs of size-px cells, as above
         assert img.size == ((16 * (size + 2) + 2) * 2, (2 * (size + 2) + 2) * 2)
 
 
