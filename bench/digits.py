@@ -24,7 +24,7 @@ from dtn.rundir import RunDir
 from dtn.run import run_dtn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import RESULTS, machine_info  # noqa: E402
+from machine import RESULTS, machine_info, run_name  # noqa: E402
 
 
 def main() -> None:
@@ -44,7 +44,7 @@ def main() -> None:
     overrides = {"train.seed": str(args.seed), **parse_set_args(args.set)}
     data_overrides(args, overrides)
     cfg = apply_overrides(preset(args.preset), overrides)
-    name = args.resume or f"{args.preset}-s{args.seed}-{int(time.time())}"
+    name = args.resume or run_name(args.tag or args.preset, args.seed)
     t0 = time.time()
     if args.resume:
         cfg = RunDir.open(Path(args.runs_dir) / name).config()

@@ -28,6 +28,9 @@ from dtn.config import apply_overrides, parse_set_args, preset, to_dict
 from dtn.run import run_dtn
 from dtn.rundir import RunDir
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import run_name  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 IDENTITY_KEYS = ("identity_median_rank", "identity_recall_at_1", "identity_recall_at_10", "identity_n",
                  "identity_median_rank_percentile", "identity_distance", "identity_codes", "identity_paper")
@@ -55,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse(argv)
     overrides = {"train.seed": str(args.seed), **parse_set_args(args.set)}
     cfg = apply_overrides(preset(args.preset), overrides)
-    name = f"{args.preset}-s{args.seed}-{int(time.time())}"
+    name = run_name(args.preset, args.seed)
     t0 = time.time()
     final = run_dtn(cfg, Path(args.runs_dir), name)
     wall = time.time() - t0

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import platform
+import time
 from pathlib import Path
 
 import torch
@@ -13,6 +14,12 @@ import torch
 from dtn.train import pick_device
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def run_name(prefix: str, seed: int) -> str:
+    """A fresh run name: the time alone let two bench runs started in the same second share one
+    directory (now refused), so the process id is part of it."""
+    return f"{prefix}-s{seed}-{int(time.time())}-{os.getpid()}"
 
 
 def cpu_model() -> str:

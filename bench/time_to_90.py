@@ -22,6 +22,9 @@ from dtn.config import apply_overrides, parse_set_args, preset
 from dtn.rundir import RunDir
 from dtn.run import run_dtn
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import run_name  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 GOAL_ACCURACY, GOAL_SECONDS = 0.90, 600.0
 
@@ -70,7 +73,7 @@ def main() -> None:
     else:
         overrides = {"train.seed": str(args.seed), "train.eval_every": str(args.eval_every), **parse_set_args(args.set)}
         cfg = apply_overrides(preset("digits"), overrides)
-        path = Path(args.runs_dir) / f"time90-s{args.seed}-{int(time.time())}"
+        path = Path(args.runs_dir) / run_name("time90", args.seed)
         run_dtn(cfg, path.parent, path.name)
     out = {"command": "python bench/time_to_90.py " + " ".join(sys.argv[1:]), "run": str(path),
            **time_to_goal(RunDir.open(path))}

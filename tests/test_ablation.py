@@ -1,6 +1,8 @@
 """Ablation rows map to valid configs, and the table shows ours beside the paper's figures."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from dtn.ablation import ABLATIONS, PAPER_ROWS, ablation_config, ablation_table
@@ -101,7 +103,8 @@ def test_a_finished_row_is_reused_not_evaluated_again(tmp_path, monkeypatch):
     monkeypatch.setattr(dtn.run, "run_dtn", lambda cfg, runs_dir, name, resume=False: calls.append((name, resume))
                         or {"transfer_accuracy": 0.5, "fld": 1.0, "f_consistency": 0.9})
     runs = tmp_path / "runs"
-    for row, status, steps in (("full", "done", 1000), ("no-tid", "training", 1000), ("no-gan", "done", 400)):
+    done = digits().train.steps
+    for row, status, steps in (("full", "done", done), ("no-tid", "training", done), ("no-gan", "done", 400)):
         run = RunDir.create(runs / f"digits-{row}", ablation_config(digits(), row))
         run.write_json("results.json", {"transfer_accuracy": 0.9, "fld": 2.0, "f_consistency": 0.8, "steps": steps})
         run.set_status(status)
@@ -124,3 +127,19 @@ def test_a_row_resumes_only_with_its_own_config(tmp_path):
         check_same_config(tmp_path / "row", apply_overrides(stored, {"loss.alpha": "3"}))
     with pytest.raises(RunError, match=r"train.precision 'fp32' there, 'bf16' now"):
         check_same_config(tmp_path / "row", apply_overrides(stored, {"train.precision": "bf16"}))
+
+
+def test_the_table_names_the_whole_command_that_made_it(tmp_path, monkeypatch):
+    """Run as `python -m dtn ablate ...` the table used to say only "dtn ablate"."""
+    import dtn.run
+    from dtn.cli import main
+
+    monkeypatch.setattr(dtn.run, "run_dtn", lambda cfg, runs_dir, name, resume=False:
+                        {"transfer_accuracy": 0.5, "fld": 1.0, "f_consistency": 0.9})
+    out = tmp_path / "table"
+    argv = ["ablate", "tiny", "--rows", "no-gan", "--runs-dir", str(tmp_path / "runs"), "--out", str(out),
+            "--set", "train.steps=3"]
+    assert main(argv) == 0
+    expected = "dtn ablate tiny --rows no-gan --runs-dir " + str(tmp_path / "runs") + f" --out {out} --set train.steps=3"
+    assert f"Produced by `{expected}`" in out.with_suffix(".md").read_text()
+    assert json.loads(out.with_suffix(".json").read_text())["command"] == expected

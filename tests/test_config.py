@@ -182,14 +182,15 @@ def test_diff_from_default():
 def test_digits_is_digits_faithful_plus_its_six_named_deviations():
     """The default digits preset differs from digits-faithful in exactly the deviations its docstring
     names (conditional D, KL L_CONST, augmented L_CONST, g_ema, L_LAYOUT, L_READ with its refined,
-    speckle- and warp-taught reader) and f's longer pretraining:
+    speckle- and warp-taught reader), f's longer pretraining and the longer schedule:
     nothing else drifts, and f, as in the paper, never sees the target (no self-training)."""
     ours, faithful = diff_from_default(preset("digits")), diff_from_default(preset("digits-faithful"))
     changed = {k for k in set(ours) | set(faithful) if ours.get(k) != faithful.get(k)}
     assert changed == {"nets.d_conditional", "loss.const_distance", "loss.const_augment", "train.g_ema",
                        "loss.class_layout", "loss.target_reader", "pretrain.f_steps", "pretrain.reader_refine_steps",
-                       "pretrain.reader_augment"}
+                       "pretrain.reader_augment", "train.steps"}
     assert preset("digits").pretrain.f_self_train == 0
+    assert (preset("digits").train.steps, preset("digits-faithful").train.steps) == (1500, 1000)
     assert (ours["loss.const_distance"][0], ours["nets.d_conditional"][0]) == ("kl", True)
 
 

@@ -152,3 +152,17 @@ def test_a_run_trains_its_target_reader_once_keeps_it_and_resumes_with_it(folder
     run_dtn(_cfg(folders, **{**over, "pretrain.reader_adversarial": "0.2"}), tmp_path, "f", until="train")
     assert "target reader trained" in capsys.readouterr().out, "an adversarially trained reader is cached apart"
     assert json.loads((tmp_path / "f" / "reader.json").read_text())["adversarial"] == 0.2
+
+
+def test_a_second_run_into_a_run_directory_being_written_is_refused_untouched(folders, tmp_path):
+    """Two processes given one name (bench runs started in the same second) once both took over the
+    fresh run and interleaved their checkpoints and metrics; the second now stops before writing."""
+    from dtn.errors import RunError
+    from dtn.rundir import claim
+
+    with claim(tmp_path / "r"):      # what the first process holds while it trains
+        with pytest.raises(RunError, match="being written by another dtn process"):
+            run_dtn(_cfg(folders), tmp_path, "r")
+    assert not (tmp_path / "r" / "config.toml").exists()
+    run_dtn(_cfg(folders, **{"train.steps": "2"}), tmp_path, "r", until="train")   # free again
+    assert RunDir(tmp_path / "r").checkpoints()

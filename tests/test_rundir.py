@@ -110,3 +110,15 @@ def test_inference_weights_prefer_the_moving_average_of_g():
     assert inference_weights(plain) is plain
     averaged = inference_weights({**plain, "g_ema.w": torch.full((1,), 5.0)})
     assert set(averaged) == {"f.w", "g.w", "d.w"} and float(averaged["g.w"]) == 5.0
+
+
+def test_a_claimed_run_directory_refuses_a_second_writer_until_released(tmp_path):
+    from dtn.rundir import claim
+
+    path = tmp_path / "runs" / "same-name"
+    with claim(path):
+        with pytest.raises(RunError, match=r"same-name is being written by another dtn process .*--name"):
+            with claim(path):
+                pass
+    with claim(path):            # released when the first writer's block ended
+        assert (path / ".lock").is_file()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -170,7 +171,7 @@ def cmd_ablate(args) -> int:
     cfg = _config(args)
     names = args.rows.split(",") if args.rows else (list(PAPER_ROWS) if args.paper_only else list(ABLATIONS))
     out = Path(args.out) if args.out else None
-    command = "dtn " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("dtn") else "dtn ablate"
+    command = "dtn " + shlex.join(args.argv)     # the table names the command that made it, in full
     results = run_ablations(cfg, names, Path(args.runs_dir), out, command)
     for name, res in results.items():
         print(f"{name:18s} {100 * res['transfer_accuracy']:6.2f} %")
@@ -438,6 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)   # as given, also under `python -m dtn`
     if args.quiet:
         os.environ["DTN_QUIET"] = "1"
     try:

@@ -29,7 +29,7 @@ from .precision import emulated_bf16_warning, resolve_precision
 from .pretrain import (PRETRAIN_VERSION, ReaderEnsemble, accuracy, data_fingerprint, eval_classifier, pretrain_f,
                        self_train_f, train_target_reader)
 from .report import save_grid, save_pairs_grid
-from .rundir import RunDir
+from .rundir import RunDir, claim
 from .train import Trainer, pick_device
 from .weights import atomic_write, load_weights, save_weights
 
@@ -526,8 +526,9 @@ def run_dtn(cfg: Config, runs_dir: Path, name: str, resume: bool = False, until:
     cfg = fill_from_data(cfg.validate())
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    with session(pick_device(cfg.train.device)) as dist:
-        return _run_dtn(cfg, Path(runs_dir) / name, resume, until, tensorboard, dist)
+    path = Path(runs_dir) / name
+    with session(pick_device(cfg.train.device)) as dist, claim(path, enabled=dist.is_main):
+        return _run_dtn(cfg, path, resume, until, tensorboard, dist)
 
 
 def _run_dtn(cfg: Config, path: Path, resume: bool, until: str, tensorboard: bool, dist: Dist) -> dict:

@@ -13,6 +13,7 @@
                              (that checkpoint is never pruned: keep-last-N plus keep-best)
       report.html            `dtn report`: one self-contained page (sweep, curves, numbers, config)
       tensorboard/           the metrics.csv rows as TensorBoard scalars (only with --tensorboard)
+      .lock                  held (flock) by the process writing the run, so that a second one is refused
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import io
 import json
 import re
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +49,32 @@ def column_kind(name: str) -> str:
     if name in D_LOSS_COLUMNS:
         return "d_loss"
     return "g_loss" if name in G_LOSS_COLUMNS else "metric"
+
+
+@contextmanager
+def claim(path: Path, enabled: bool = True):
+    """Hold `path` as its one writer while the block runs. Two processes given one run directory (two
+    bench runs started in the same second took the same name) would both take over a fresh run and then
+    overwrite each other's checkpoints and interleave metrics.csv; the second is refused instead. The
+    lock is the kernel's (flock), so a killed process leaves nothing to clean up."""
+    if not enabled:
+        yield
+        return
+    import fcntl   # POSIX; dtn runs on Linux and macOS
+
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        handle = open(path / ".lock", "a")
+    except OSError as exc:
+        raise RunError(f"cannot create run directory {path}: {exc.strerror}") from None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunError(f"{path} is being written by another dtn process (it holds {path / '.lock'}); "
+                           f"wait for it to finish or choose another --name") from None
+        yield
 
 
 @dataclass
