@@ -63,11 +63,14 @@ def claim(path: Path, enabled: bool = True):
     import fcntl   # POSIX; dtn runs on Linux and macOS
 
     path = Path(path)
+    existed = path.is_dir()
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        if not existed:
+            path.mkdir(parents=True, exist_ok=True)
         handle = open(path / ".lock", "a")
     except OSError as exc:
-        raise RunError(f"cannot create run directory {path}: {exc.strerror}") from None
+        what = f"cannot write {path / '.lock'}" if existed else f"cannot create run directory {path}"
+        raise RunError(f"{what}: {exc.strerror or exc}") from None
     with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
