@@ -18,6 +18,7 @@ JOBS=$1
 OUT=${2:-/tmp/gpu_batch}
 DEADLINE=${DEADLINE:-470}
 P=${P:-10}
+MIN_LEFT=${MIN_LEFT:-20}   # seconds a job needs left to be started
 L=${LOGS:-runs/gpu-batch-logs}   # git ignores runs/
 mkdir -p "$OUT" "$L"
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2
@@ -25,6 +26,7 @@ export DTN_DATA_DIR=${DTN_DATA_DIR:-$PWD/.devcarry/data} DTN_CACHE_DIR=${DTN_CAC
 T0=$(date +%s)
 nvidia-smi -L > $L/gpu.txt 2>&1
 python -c "import torch, sys; print(sys.version, torch.__version__, torch.cuda.is_available())" >> $L/gpu.txt 2>&1
+if [ "${PRELOAD:-1}" = 1 ]; then   # PRELOAD=0: the jobs load their own data
 python -c "
 from dtn.data import load
 if __name__ == '__main__':
@@ -32,17 +34,18 @@ if __name__ == '__main__':
         for s in ('train', 'test'):
             print(n, s, len(load(n, s).images))
 " > $L/data.log 2>&1
+fi
 echo "data: rc $? at $(( $(date +%s) - T0 )) s" >> $L/gpu.txt
 grep -v '^\s*#' "$JOBS" | sed '/^\s*$/d; s/ *$//' > $L/jobs.txt   # a trailing blank would join lines in xargs -L
 job() {  # NAME COMMAND...
   local name=$1; shift
   local t=$(date +%s)
   local left=$(( DEADLINE - (t - T0) ))
-  if [ $left -lt 20 ]; then echo "$name not started" >> $L/summary.txt; return; fi
+  if [ $left -lt ${MIN_LEFT:-20} ]; then echo "$name not started" >> $L/summary.txt; return; fi
   timeout $left "$@" > $L/$name.log 2>&1
   echo "$name rc=$? start=$(( t - T0 )) s wall=$(( $(date +%s) - t )) s" >> $L/summary.txt
 }
-export -f job; export T0 DEADLINE L
+export -f job; export T0 DEADLINE L MIN_LEFT
 xargs -P $P -L 1 bash -c 'job "$@"' _ < $L/jobs.txt
 echo "all: $(( $(date +%s) - T0 )) s" >> $L/summary.txt
 cat $L/summary.txt
