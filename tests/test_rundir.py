@@ -122,3 +122,27 @@ def test_a_claimed_run_directory_refuses_a_second_writer_until_released(tmp_path
                 pass
     with claim(path):            # released when the first writer's block ended
         assert (path / ".lock").is_file()
+
+
+def test_a_killed_writer_leaves_its_run_directory_free(tmp_path):
+    """The claim is the kernel's lock: SIGKILL leaves no stale lock that would refuse the resume."""
+    import signal
+    import subprocess
+    import sys
+
+    from dtn.rundir import claim
+
+    path = tmp_path / "r"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom dtn.rundir import claim\n"
+                               f"with claim({str(path)!r}):\n    print('held', flush=True)\n    time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunError, match="being written by another dtn process"):
+            with claim(path):
+                pass
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+    with claim(path):
+        pass
