@@ -143,3 +143,26 @@ def test_the_table_names_the_whole_command_that_made_it(tmp_path, monkeypatch):
     expected = "dtn ablate tiny --rows no-gan --runs-dir " + str(tmp_path / "runs") + f" --out {out} --set train.steps=3"
     assert f"Produced by `{expected}`" in out.with_suffix(".md").read_text()
     assert json.loads(out.with_suffix(".json").read_text())["command"] == expected
+
+
+def test_collect_gathers_finished_rows_and_trains_nothing(tmp_path, monkeypatch):
+    """--collect: rows run as separate jobs (side by side on a GPU) become one table here; a row not
+    finished is named as not yet run, never trained; with no finished row at all it is an error."""
+    import dtn.run
+    from dtn.cli import main
+    from dtn.config import tiny
+    from dtn.rundir import RunDir
+
+    monkeypatch.setattr(dtn.run, "run_dtn", lambda *a, **k: pytest.fail("--collect trained a row"))
+    runs, out = tmp_path / "runs", tmp_path / "table"
+    for row, status in (("full", "done"), ("no-tid", "training")):
+        run = RunDir.create(runs / f"tiny-{row}", ablation_config(tiny(), row))
+        run.write_json("results.json", {"transfer_accuracy": 0.93, "fld": 2.0, "f_consistency": 0.8,
+                                        "steps": tiny().train.steps})
+        run.set_status(status)
+    argv = ["ablate", "tiny", "--rows", "full,no-tid,no-gan", "--runs-dir", str(runs), "--out", str(out), "--collect"]
+    assert main(argv) == 0
+    table = out.with_suffix(".md").read_text()
+    assert "| full | 93.00 % |" in table and "Not yet run: no-tid, no-gan" in table
+    assert json.loads(out.with_suffix(".json").read_text())["pending"] == ["no-tid", "no-gan"]
+    assert main(["ablate", "tiny", "--rows", "no-gan", "--runs-dir", str(runs), "--collect"]) == 2

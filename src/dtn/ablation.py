@@ -160,12 +160,15 @@ def finished_results(run_path: Path, cfg: Config) -> dict | None:
     return results if isinstance(results, dict) and results.get("steps") == cfg.train.steps else None
 
 
-def run_ablations(base: Config, names: list[str], runs_dir: Path, out_prefix: Path | None, command: str) -> dict:
+def run_ablations(base: Config, names: list[str], runs_dir: Path, out_prefix: Path | None, command: str,
+                  collect: bool = False) -> dict:
     """Run (or resume) each row; with `out_prefix`, the table is rewritten after every row, so an
-    interrupted ablation still leaves the rows it finished (rerunning the command resumes the rest)."""
+    interrupted ablation still leaves the rows it finished (rerunning the command resumes the rest).
+    `collect`: train nothing, only gather the rows already finished (each row run as its own job, side by
+    side on one GPU, then one table); the others are listed as not yet run."""
     from .run import LOG, run_dtn
 
-    results = {}
+    results, pending = {}, []
     for name in names:
         cfg = ablation_config(base, name)
         resume = (runs_dir / cfg.name / "config.toml").exists()
@@ -174,9 +177,16 @@ def run_ablations(base: Config, names: list[str], runs_dir: Path, out_prefix: Pa
         finished = finished_results(runs_dir / cfg.name, cfg) if resume else None
         if finished is not None:
             LOG(f"{runs_dir / cfg.name}: finished at step {cfg.train.steps}, its results.json is reused")
-        results[name] = finished if finished is not None else run_dtn(cfg, runs_dir, cfg.name, resume=resume)
+            results[name] = finished
+        elif collect:
+            why = f"not finished at step {cfg.train.steps}" if resume else "no such run"
+            LOG(f"{runs_dir / cfg.name}: {why}; --collect leaves it out")
+            pending.append(name)
+        else:
+            results[name] = run_dtn(cfg, runs_dir, cfg.name, resume=resume)
         if out_prefix is not None:
-            write_ablation_results(results, out_prefix, command, pending=names[len(results):])
+            left = pending + [n for n in names if n not in results and n not in pending]
+            write_ablation_results(results, out_prefix, command, pending=left)
     return results
 
 

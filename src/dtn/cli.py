@@ -11,7 +11,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from .errors import DtnError
+from .errors import DtnError, RunError
 
 EPILOG = """examples:
   dtn run digits                       pretrain f, train the DTN, evaluate (synth-digits -> MNIST)
@@ -172,7 +172,10 @@ def cmd_ablate(args) -> int:
     names = args.rows.split(",") if args.rows else (list(PAPER_ROWS) if args.paper_only else list(ABLATIONS))
     out = Path(args.out) if args.out else None
     command = "dtn " + shlex.join(args.argv)     # the table names the command that made it, in full
-    results = run_ablations(cfg, names, Path(args.runs_dir), out, command)
+    results = run_ablations(cfg, names, Path(args.runs_dir), out, command, collect=args.collect)
+    if args.collect and not results:
+        raise RunError(f"--collect: no finished row in {args.runs_dir} (rows {', '.join(names)}); "
+                       f"run them first, or leave out --collect to train them here")
     for name, res in results.items():
         print(f"{name:18s} {100 * res['transfer_accuracy']:6.2f} %")
     return 0
@@ -339,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("preset", nargs="?", default="digits")
     a.add_argument("--rows", help="comma-separated rows (default: all)")
     a.add_argument("--paper-only", action="store_true", help="only the six rows of the paper's Table 1")
+    a.add_argument("--collect", action="store_true",
+                   help="train nothing: gather the rows already finished in --runs-dir into the table "
+                        "(e.g. rows run as separate jobs on a GPU); unfinished rows are listed as not yet run")
     a.add_argument("--out", help="write OUT.md and OUT.json (e.g. bench/results/ablation_digits)")
     a.add_argument("--runs-dir", default="runs")
     a.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
