@@ -51,6 +51,17 @@ def column_kind(name: str) -> str:
     return "g_loss" if name in G_LOSS_COLUMNS else "metric"
 
 
+def make_run_directory(path: Path, *subfolders: str) -> None:
+    """mkdir the run directory (and its subfolders) or one RunError naming it: the one wording for
+    `claim` and `RunDir.create`."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        for sub in subfolders:
+            (path / sub).mkdir(exist_ok=True)
+    except OSError as exc:
+        raise RunError(f"cannot create run directory {path}: {exc.strerror or exc}") from None
+
+
 @contextmanager
 def claim(path: Path, enabled: bool = True):
     """Hold `path` as its one writer while the block runs. Two processes given one run directory (two
@@ -63,14 +74,11 @@ def claim(path: Path, enabled: bool = True):
     import fcntl   # POSIX; dtn runs on Linux and macOS
 
     path = Path(path)
-    existed = path.is_dir()
+    make_run_directory(path)
     try:
-        if not existed:
-            path.mkdir(parents=True, exist_ok=True)
         handle = open(path / ".lock", "a")
     except OSError as exc:
-        what = f"cannot write {path / '.lock'}" if existed else f"cannot create run directory {path}"
-        raise RunError(f"{what}: {exc.strerror or exc}") from None
+        raise RunError(f"cannot write {path / '.lock'}: {exc.strerror or exc}") from None
     with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -95,12 +103,7 @@ class RunDir:
             resume = False  # nothing trained there yet (e.g. after `dtn pretrain`): take it over
         elif run.config_path.exists() and not resume:
             raise RunError(f"{run.path} already holds a run; pass --resume to continue it or choose another --name")
-        try:
-            run.path.mkdir(parents=True, exist_ok=True)
-            (run.path / "checkpoints").mkdir(exist_ok=True)
-            (run.path / "samples").mkdir(exist_ok=True)
-        except OSError as exc:
-            raise RunError(f"cannot create run directory {run.path}: {exc.strerror}") from None
+        make_run_directory(run.path, "checkpoints", "samples")
         run.remove_stale_temp_files()
         if not resume:
             run.write_text("config.toml", to_toml(cfg))
