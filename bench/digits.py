@@ -22,10 +22,10 @@ from dtn.data.classes import parse_classes, select_classes
 from dtn.config import apply_overrides, parse_set_args, preset, to_dict
 from dtn.rundir import RunDir
 from dtn.errors import DtnError
-from dtn.run import StopRequested, run_dtn
+from dtn.run import run_dtn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import RESULTS, machine_info, run_name  # noqa: E402
+from machine import RESULTS, machine_info, run_name, stop_line  # noqa: E402
 
 
 def main() -> None:
@@ -52,8 +52,8 @@ def main() -> None:
     try:
         final = run_dtn(cfg, Path(args.runs_dir), name, resume=bool(args.resume))
     except DtnError as exc:   # a stop signal (checkpoint saved) or a refused run: one line, as `dtn run` says it
-        sys.exit(f"bench/digits.py: {exc}" + (f"; or: python bench/digits.py --runs-dir {args.runs_dir} "
-                                             f"--resume {name} --tag {args.tag or '...'}" if isinstance(exc, StopRequested) else ""))
+        sys.exit(stop_line("bench/digits.py", exc, f"python bench/digits.py --runs-dir {args.runs_dir} "
+                                                   f"--resume {name} --tag {args.tag or '...'}"))
     wall = None if args.resume else time.time() - t0
     run = RunDir(Path(args.runs_dir) / name)
     curve = [{k: float(v) for k, v in row.items() if v != ""} for row in run.read_metrics()]

@@ -24,12 +24,13 @@ from pathlib import Path
 import torch
 
 from dtn.data import avatars
+from dtn.errors import DtnError
 from dtn.config import apply_overrides, parse_set_args, preset, to_dict
 from dtn.run import run_dtn
 from dtn.rundir import RunDir
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import run_name  # noqa: E402
+from machine import run_name, stop_line  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 IDENTITY_KEYS = ("identity_median_rank", "identity_recall_at_1", "identity_recall_at_10", "identity_n",
@@ -43,6 +44,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     p.add_argument("--runs-dir", default="runs/bench")
+    p.add_argument("--resume", metavar="NAME", default="",
+                   help="continue a stopped bench run runs-dir/NAME (exact resume; a full-size faces run takes "
+                        "hours on a CPU) and write its JSON; wall_seconds_total then counts this part only")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "faces.json")
     p.add_argument("--grid", type=Path, default=None,
                    help="where the face | avatar grid of 32 held-out faces is copied (default: "
@@ -58,9 +62,15 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse(argv)
     overrides = {"train.seed": str(args.seed), **parse_set_args(args.set)}
     cfg = apply_overrides(preset(args.preset), overrides)
-    name = run_name(args.preset, args.seed)
+    name = args.resume or run_name(args.preset, args.seed)
+    if args.resume:
+        cfg = RunDir.open(Path(args.runs_dir) / name).config()
     t0 = time.time()
-    final = run_dtn(cfg, Path(args.runs_dir), name)
+    try:
+        final = run_dtn(cfg, Path(args.runs_dir), name, resume=bool(args.resume))
+    except DtnError as exc:
+        sys.exit(stop_line("bench/faces.py", exc, f"python bench/faces.py --runs-dir {args.runs_dir} --resume {name} "
+                                                  f"--out {args.out} --grid {args.grid}"))
     wall = time.time() - t0
     run = RunDir(Path(args.runs_dir) / name)
     if "identity_median_rank" not in final:
@@ -78,7 +88,8 @@ def main(argv: list[str] | None = None) -> dict:
         "curve_on_eval_subset": curve, "eval_subset_size": cfg.train.eval_samples,
         # every metrics.csv row (loss terms each log step): whether D wins shows here, not in retrieval
         "metrics_rows": [{k: float(v) for k, v in row.items() if v != ""} for row in run.read_metrics()],
-        "steps": final["steps"], "wall_seconds_total": round(wall, 1), "train_seconds": final["train_seconds"],
+        "steps": final["steps"], "resumed": bool(args.resume),
+        "wall_seconds_total": round(wall, 1), "train_seconds": final["train_seconds"],
         "avatars_env": avatars.env_overrides(),
         "config": to_dict(run.config()),
         "machine": {"threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),

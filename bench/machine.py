@@ -76,3 +76,11 @@ def write_result(path: Path, result: dict, echo: bool = False) -> Path:
     if echo:
         print(text, end="")
     return path
+
+
+def stop_line(script: str, exc: Exception, resume_command: str) -> str:
+    """The one line a stopped or refused bench run ends with, as `dtn run` words it; after a stop signal
+    (checkpoint saved) it also says how to resume the bench run."""
+    from dtn.run import StopRequested
+
+    return f"{script}: {exc}" + (f"; or: {resume_command}" if isinstance(exc, StopRequested) else "")
