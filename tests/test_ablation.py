@@ -158,11 +158,12 @@ def test_collect_gathers_finished_rows_and_trains_nothing(tmp_path, monkeypatch)
     for row, status in (("full", "done"), ("no-tid", "training")):
         run = RunDir.create(runs / f"tiny-{row}", ablation_config(tiny(), row))
         run.write_json("results.json", {"transfer_accuracy": 0.93, "fld": 2.0, "f_consistency": 0.8,
-                                        "steps": tiny().train.steps})
+                                        "steps": tiny().train.steps, "trained_on": "cuda: NVIDIA H200, bf16"})
         run.set_status(status)
     argv = ["ablate", "tiny", "--rows", "full,no-tid,no-gan", "--runs-dir", str(runs), "--out", str(out), "--collect"]
     assert main(argv) == 0
     table = out.with_suffix(".md").read_text()
     assert "| full | 93.00 % |" in table and "Not yet run: no-tid, no-gan" in table
+    assert "Trained on: cuda: NVIDIA H200, bf16." in table, "a table gathered from elsewhere says where its rows ran"
     assert json.loads(out.with_suffix(".json").read_text())["pending"] == ["no-tid", "no-gan"]
     assert main(["ablate", "tiny", "--rows", "no-gan", "--runs-dir", str(runs), "--collect"]) == 2

@@ -61,6 +61,7 @@ def test_any_two_folders_run_with_channels_and_classes_from_the_data(tmp_path, d
     results = json.loads((tmp_path / "pair" / "results.json").read_text())
     assert 0 <= results["transfer_accuracy"] <= 1 and results["skipped_metrics"] == {}
     assert results["target_kept_to_classes_by_labels"] == [], "no --classes: no curation by target labels"
+    assert results["trained_on"].startswith("cpu: ") and results["trained_on"].endswith(f", {cfg.train.precision}")
 
 
 def test_class_subset_and_balanced_sampling_in_a_run(tmp_path, digit_folders):

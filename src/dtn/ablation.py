@@ -95,6 +95,9 @@ def ablation_table(results: dict[str, dict], command: str) -> str:
     lines = [f"Produced by `{command}`.", "", "| " + " | ".join(TABLE_COLUMNS) + " |",
              "|" + "---|" * len(TABLE_COLUMNS)]
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(results)]
+    places = sorted({res["trained_on"] for res in results.values() if res.get("trained_on")})
+    if places:
+        lines += ["", "Trained on: " + "; ".join(places) + "."]
     return "\n".join(lines) + "\n"
 
 

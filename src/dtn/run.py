@@ -92,6 +92,23 @@ def with_precision_for(cfg: Config, device: torch.device) -> Config:
     return replace(cfg, train=replace(cfg.train, precision=chosen))
 
 
+def device_description(device: torch.device) -> str:
+    """Where a run trained, for results.json: figures from a GPU and from a 2-core CPU differ in time
+    (and bf16 against fp32 may differ in the last digits), so a table gathered from runs says which."""
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    model = next((line.split(":", 1)[1].strip() for line in _cpuinfo_lines() if line.startswith("model name")), "")
+    return f"cpu: {model or 'unknown model'} ({torch.backends.cpu.get_cpu_capability()}), {torch.get_num_threads()} threads"
+
+
+def _cpuinfo_lines() -> list[str]:
+    path = Path("/proc/cpuinfo")
+    try:
+        return path.read_text().splitlines()
+    except OSError:        # not Linux: the model stays unnamed
+        return []
+
+
 def f_cache_key(cfg: Config, domains: Domains) -> str:
     """f depends only on the source data, f's architecture, the pretraining schedule and head, and the
     seed: runs that share them (ablations, seeds of g) share one cached f. Options at their defaults
@@ -595,7 +612,9 @@ def _run_dtn(cfg: Config, path: Path, resume: bool, until: str, tensorboard: boo
                   "target": cfg.data.target, "uses_source_labels_in_dtn": cfg.loss.const_distance == "ce",
                   # data.classes keeps target images by their labels: a curation, not part of the method
                   "target_kept_to_classes_by_labels": list(parse_classes(cfg.data.classes)),
-                  "n_source_test": len(domains.source_test)})
+                  "n_source_test": len(domains.source_test),
+                  # the device of the run's last part (a resumed run may have moved), with its precision
+                  "trained_on": f"{device_description(device)}, {cfg.train.precision}"})
     run.write_json("results.json", final)
     run.set_status("done")
     write_run_report(run)
