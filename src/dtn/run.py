@@ -97,6 +97,8 @@ def device_description(device: torch.device) -> str:
     (and bf16 against fp32 may differ in the last digits), so a table gathered from runs says which."""
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(device)}"
+    if device.type != "cpu":
+        return device.type
     model = next((line.split(":", 1)[1].strip() for line in _cpuinfo_lines() if line.startswith("model name")), "")
     return f"cpu: {model or 'unknown model'} ({torch.backends.cpu.get_cpu_capability()}), {torch.get_num_threads()} threads"
 
