@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from dtn.run import cpu_model   # one home for the CPU's name: results.json's trained_on uses it too
 from dtn.train import pick_device
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -20,15 +21,6 @@ def run_name(prefix: str, seed: int) -> str:
     """A fresh run name: the time alone let two bench runs started in the same second share one
     directory (now refused), so the process id is part of it."""
     return f"{prefix}-s{seed}-{int(time.time())}-{os.getpid()}"
-
-
-def cpu_model() -> str:
-    """The `model name` line of /proc/cpuinfo (platform.processor() is empty on most Linux builds)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    for line in cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def machine_info(device: torch.device | None = None) -> dict:

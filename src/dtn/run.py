@@ -99,16 +99,18 @@ def device_description(device: torch.device) -> str:
         return f"cuda: {torch.cuda.get_device_name(device)}"
     if device.type != "cpu":
         return device.type
-    model = next((line.split(":", 1)[1].strip() for line in _cpuinfo_lines() if line.startswith("model name")), "")
-    return f"cpu: {model or 'unknown model'} ({torch.backends.cpu.get_cpu_capability()}), {torch.get_num_threads()} threads"
+    return f"cpu: {cpu_model()} ({torch.backends.cpu.get_cpu_capability()}), {torch.get_num_threads()} threads"
 
 
-def _cpuinfo_lines() -> list[str]:
-    path = Path("/proc/cpuinfo")
-    try:
-        return path.read_text().splitlines()
-    except OSError:        # not Linux: the model stays unnamed
-        return []
+def cpu_model() -> str:
+    """The `model name` line of /proc/cpuinfo (platform.processor() is empty on most Linux builds)."""
+    import platform
+
+    cpuinfo = Path("/proc/cpuinfo")
+    for line in cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def f_cache_key(cfg: Config, domains: Domains) -> str:
