@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import platform
 import signal
 import threading
 import time
@@ -104,10 +105,11 @@ def device_description(device: torch.device) -> str:
 
 def cpu_model() -> str:
     """The `model name` line of /proc/cpuinfo (platform.processor() is empty on most Linux builds)."""
-    import platform
-
-    cpuinfo = Path("/proc/cpuinfo")
-    for line in cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:        # not Linux
+        lines = []
+    for line in lines:
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
