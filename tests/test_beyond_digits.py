@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from dtn.cli import main
-from dtn.config import PRESETS, load_toml, preset
+from dtn.config import PRESETS, from_dict, load_toml, preset
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("name", ["faces", "fashion"])
@@ -22,6 +26,21 @@ def test_faces_uses_the_papers_face_weights():
     assert (cfg.data.source, cfg.data.target, cfg.nets.target_channels) == ("celeba-sample", "avatars", 3)
     fashion = preset("fashion")
     assert (fashion.data.source, fashion.data.target, fashion.data.balanced) == ("clothing", "fashion-mnist", True)
+
+
+def test_faces_editable_is_the_measured_best_recipe():
+    """The preset must be the config its README row measured (bench/results/exp_faces_best_recipe_2000.json),
+    up to the name and what a run resolves from the machine and the data (threads, precision, the number
+    of identities)."""
+    measured = json.loads((REPO / "bench" / "results" / "exp_faces_best_recipe_2000.json").read_text())
+
+    def comparable(cfg):
+        return replace(cfg, name="", nets=replace(cfg.nets, num_classes=0),
+                       train=replace(cfg.train, threads=0, precision="auto"))
+
+    cfg = preset("faces-editable").validate()
+    assert comparable(cfg) == comparable(from_dict(measured["config"]))
+    assert (cfg.data.source, cfg.data.target) == ("celeba-sample", "avatars")
 
 
 def test_presets_are_listed_in_run_help(capsys):

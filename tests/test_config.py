@@ -116,7 +116,7 @@ def test_binary_discriminator_needs_two_classes():
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_toml_round_trip(tmp_path, name):
-    cfg = apply_overrides(preset(name), {"loss.gamma": "0.05", "train.f_trainable": "true", "data.data_dir": "/x y/z",
+    cfg = apply_overrides(preset(name), {"loss.gamma": "0.05", "data.memmap": "true", "data.data_dir": "/x y/z",
                                          "name": 'odd "name"'})
     path = tmp_path / "config.toml"
     path.write_text(to_toml(cfg))
