@@ -326,7 +326,8 @@ def faces() -> Config:
     Measured as it stands (bench/results/faces.json, 2,000 steps): G(x) stays coloured noise. The weights
     are the paper's numbers, but its losses are sums and ours means: L_CONST over 128 code values, L_TID
     over 3 x 64 x 64 pixel values, so on our means the paper's ratio is about alpha 100 / beta 100 /
-    gamma 5 (`--set loss.beta=100 --set loss.gamma=5`; README, "Scale")."""
+    gamma 5 (`--set loss.beta=100 --set loss.gamma=5`; README, "Scale"), which alone still draws noise
+    (session 19, 750 steps); the `faces-editable` preset is the recipe that draws avatar heads."""
     return Config(
         name="faces",
         data=DataConfig(source="celeba-sample", target="avatars"),
